@@ -1,0 +1,1 @@
+"""inrv.cli: the ``inrv`` command line, a thin click layer over the public Python API."""

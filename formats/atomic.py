@@ -1,0 +1,71 @@
+"""Write outputs atomically: never a half-written file, never an overwrite without ``force``.
+
+    with atomic_output("out.nii.gz", force=False) as tmp:   # tmp: a path in the same folder
+        write_something(tmp)
+    # on success tmp is fsync'ed and renamed over the target; on any error it is removed.
+
+Works for files and for folders (a DICOM series): a folder target is replaced whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import RunError, UsageError
+
+
+def check_writable(target: str | os.PathLike, force: bool) -> Path:
+    """Fail early (before any work) when the target exists and ``force`` is not set."""
+    target = Path(target)
+    if target.exists() and not force:
+        raise UsageError(f"{target} exists; use -f/--force to overwrite")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"output folder {parent} does not exist")
+    return target
+
+
+@contextlib.contextmanager
+def atomic_output(target: str | os.PathLike, *, force: bool = False, folder: bool = False) -> Iterator[Path]:
+    target = check_writable(target, force)
+    parent = target.parent if str(target.parent) else Path(".")
+    # keep the target's suffixes (.nii.gz ...) on the temporary name: writers choose format by suffix
+    suffix = "".join(target.suffixes) if not folder else ""
+    if folder:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + suffix, dir=parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if not folder:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        if folder and target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
+            os.rmdir(old)
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except OSError as e:
+        _remove(tmp)
+        raise RunError(f"cannot write {target}: {e.strerror or e}") from e
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(p: Path) -> None:
+    with contextlib.suppress(OSError):
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()

@@ -1,0 +1,133 @@
+"""inrv: a neural codec for 3D medical images.
+
+The public API, a few lines each over ``inrv.formats`` (files) and ``inrv.codec`` (models)::
+
+    import inrv
+    vol = inrv.load("scan.nii.gz")                  # Volume: voxels + geometry + intensity facts
+    enc = inrv.encode(vol, "paper", steps=2000)     # Encoded: model id, config, byte sections
+    arr = inrv.decode(enc)                          # float32 array in the original units
+    inrv.compress("scan.nii.gz", "scan.inrv")       # file -> .inrv, returns a summary dict
+    inrv.decompress("scan.inrv", "out.nii.gz")      # .inrv -> file, original dtype and geometry
+    inrv.info("scan.inrv")                          # header facts, bits per voxel from the file size
+
+torch is imported only when a model is fitted or rendered.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from .codec.base import Encoded, Progress, get_model, list_models
+from .codec.config import PRESETS, LatentConfig, PaperConfig, make_config
+from .errors import (ChecksumError, DeviceError, FormatError, InputError, InrvError, LimitError, RunError,
+                     UnsupportedVersionError, UsageError)
+from .formats.volume import Geometry, Intensity, Volume
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "encode", "decode", "load", "save", "compress", "decompress", "read", "info",
+    "Encoded", "Volume", "Geometry", "Intensity", "PaperConfig", "LatentConfig", "PRESETS", "make_config",
+    "list_models", "InrvError", "InputError", "FormatError", "ChecksumError", "UnsupportedVersionError",
+    "LimitError", "UsageError", "DeviceError", "RunError", "__version__",
+]
+
+
+def encode(data: Volume | np.ndarray, config: Any = None, *, device: str | None = None,
+           progress: Progress | None = None, **overrides: Any) -> Encoded:
+    """Fit a model to a 3D volume. ``config``: a preset name, a config object or None (default preset);
+    ``overrides`` replace config fields (e.g. ``steps=200, ds=4``)."""
+    array = data.data if isinstance(data, Volume) else np.asarray(data)
+    if array.ndim != 3:
+        raise InputError(f"expected a 3D volume, got {array.ndim} dimensions {tuple(array.shape)}")
+    cfg = make_config(config, **overrides)
+    return get_model(cfg.model).fit(array, cfg, device=device, progress=progress)
+
+
+def decode(encoded: Encoded, shape: tuple[int, int, int] | None = None, *, device: str | None = None) -> np.ndarray:
+    """Render an encoded volume as float32 in the original units, on its own grid or at ``shape``."""
+    return get_model(encoded.model).render(encoded, shape=shape, device=device)
+
+
+def load(path: str | os.PathLike, *, keep_private: bool = False) -> Volume:
+    """Read a NIfTI file, a DICOM series folder, an NRRD or an MHA file."""
+    from .formats.io import read_volume
+
+    return read_volume(path, keep_private=keep_private)
+
+
+def save(volume: Volume, path: str | os.PathLike, *, force: bool = False) -> None:
+    """Write a volume; the format follows the suffix (a path without suffix = DICOM folder)."""
+    from .formats.io import write_volume
+
+    write_volume(volume, path, force=force)
+
+
+def read(path: str | os.PathLike):
+    """Open an ``.inrv`` file (validated, checksummed): returns an ``InrvFile``
+    (``.encoded``, ``.geometry``, ``.intensity``, ``.source``, ``.header``, ``.file_bytes``)."""
+    from .formats.inrvfile import read_inrv
+
+    return read_inrv(path)
+
+
+def info(path: str | os.PathLike) -> dict[str, Any]:
+    """What ``inrv info --json`` prints: header facts, sizes, bits per voxel from the real file size."""
+    from .formats.inrvfile import inrv_info
+
+    return inrv_info(path)
+
+
+def compress(src: str | os.PathLike, dst: str | os.PathLike, config: Any = None, *, device: str | None = None,
+             progress: Progress | None = None, force: bool = False, keep_private: bool = False,
+             **overrides: Any) -> dict[str, Any]:
+    """Encode a volume file into an ``.inrv`` file; returns ``info(dst)`` plus encode metrics."""
+    from .codec.metrics import quality
+    from .formats.atomic import check_writable
+    from .formats.inrvfile import write_inrv
+    from .formats.io import restore_dtype
+
+    check_writable(dst, force)  # fail before training, not after
+    t0 = time.perf_counter()
+    vol = load(src, keep_private=keep_private)
+    enc = encode(vol, config, device=device, progress=progress, **overrides)
+    seconds = time.perf_counter() - t0
+    restored = restore_dtype(decode(enc, device=device), vol.intensity)
+    enc.stats.update(quality(vol.data, restored))
+    enc.stats["encode_seconds"] = seconds
+    write_inrv(dst, enc, vol, force=force)
+    summary = info(dst)
+    summary["seconds"] = seconds
+    return summary
+
+
+def decompress(src: str | os.PathLike, dst: str | os.PathLike, *, shape: tuple[int, int, int] | None = None,
+               device: str | None = None, force: bool = False) -> Volume:
+    """Decode an ``.inrv`` file into a volume file with the original dtype and geometry."""
+    from .formats.atomic import check_writable
+    from .formats.io import restore_dtype
+
+    check_writable(dst, force)
+    f = read(src)
+    data = restore_dtype(decode(f.encoded, shape=shape, device=device), f.intensity)
+    geometry = f.geometry
+    if shape is not None and tuple(shape) != tuple(f.encoded.shape):
+        geometry = _resampled_geometry(geometry, f.encoded.shape, shape)
+    vol = Volume(data=data, geometry=geometry, intensity=f.intensity, source=f.source)
+    save(vol, dst, force=force)
+    return vol
+
+
+def _resampled_geometry(g: Geometry, old: tuple[int, ...], new: tuple[int, ...]) -> Geometry:
+    """Geometry of the same field of view sampled on ``new`` voxels (cell-centred)."""
+    d = np.asarray(g.direction, dtype=np.float64).reshape(3, 3)
+    old_sp = np.asarray(g.spacing, dtype=np.float64)
+    new_sp = old_sp * np.asarray(old, dtype=np.float64) / np.asarray(new, dtype=np.float64)
+    # the first new voxel centre sits half a new voxel inside the old field of view's corner
+    corner = np.asarray(g.origin) - d @ (old_sp / 2)
+    origin = corner + d @ (new_sp / 2)
+    return Geometry(tuple(new_sp.tolist()), tuple(origin.tolist()), tuple(g.direction))
