@@ -44,6 +44,7 @@ def atomic_output(target: str | os.PathLike, *, force: bool = False, folder: boo
         tmp = Path(name)
     try:
         yield tmp
+        _set_default_mode(tmp, folder)  # mkstemp/mkdtemp make 0600/0700; give the umask's usual mode
         if not folder:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
@@ -61,6 +62,24 @@ def atomic_output(target: str | os.PathLike, *, force: bool = False, folder: boo
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _set_default_mode(p: Path, folder: bool) -> None:
+    """chmod ``p`` to what ``open()``/``mkdir()`` would have given (0666/0777 minus the umask)."""
+    mask = _umask()
+    with contextlib.suppress(OSError):
+        os.chmod(p, (0o777 if folder else 0o666) & ~mask)
+
+
+def _umask() -> int:
+    # Linux shows the umask in /proc (no global change, so safe beside threads); elsewhere set and restore
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _remove(p: Path) -> None:
