@@ -1,0 +1,134 @@
+"""Write the golden ``.inrv`` files that the test suite decodes forever (not a test; run by hand).
+
+    python tests/golden/make_golden.py            # writes tests/golden/v1/ (refuses to overwrite)
+    python tests/golden/make_golden.py --force    # regenerate (only with a format major bump!)
+    python tests/golden/make_golden.py --out DIR  # try it somewhere else
+
+Uses only the public API: a tiny, deterministic 16^3 int16 CT-like phantom with an anisotropic,
+oblique geometry is saved as NIfTI with ``inrv.save``, compressed with ``inrv.compress`` (preset
+``tiny`` for the paper model, ``latent-tiny`` for the latent model when that preset exists) and
+decoded once. Written next to the ``.inrv`` files:
+
+* ``reference.npy``: the phantom as the encoder saw it (``inrv.load`` of the NIfTI file);
+* ``<name>.decoded.npy``: what this machine decoded at generation time;
+* ``golden.json``: per file the expected shape, dtype, geometry, PSNR against the reference with a
+  tolerance band, the decoded array's SHA-256, and the versions that made it.
+
+``tests/formats/test_golden.py`` checks every file listed there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "v1"
+
+# PSNR(decoded now, reference) must lie within +-PSNR_BAND_DB of the value at generation time, and
+# PSNR(decoded now, decoded at generation) must be at least SELF_PSNR_MIN_DB (same file, another
+# machine / torch version / device: small float differences, never a different picture).
+PSNR_BAND_DB = 0.5
+SELF_PSNR_MIN_DB = 45.0
+
+
+def phantom() -> tuple[np.ndarray, "object"]:
+    """A 16^3 int16 CT-like phantom (air, tissue, a bone shell, a lesion, a gradient), no RNG."""
+    from inrv import Geometry
+
+    n = 16
+    c = (np.arange(n) + 0.5) / n * 2 - 1
+    x, y, z = np.meshgrid(c, c * 1.1, c * 0.9, indexing="ij")
+    r = np.sqrt(x ** 2 + y ** 2 + z ** 2)
+    v = np.full((n, n, n), -1000.0)
+    v[r < 0.85] = 40.0
+    v[(r > 0.6) & (r < 0.75)] = 900.0
+    v[(x - 0.2) ** 2 + (y + 0.1) ** 2 + (z - 0.1) ** 2 < 0.25 ** 2] = 120.0
+    v += 30.0 * x - 20.0 * z
+    data = np.rint(v).astype(np.int16)
+    a = math.radians(10.0)
+    direction = (math.cos(a), -math.sin(a), 0.0, math.sin(a), math.cos(a), 0.0, 0.0, 0.0, 1.0)
+    return data, Geometry((0.8, 0.9, 1.5), (-12.0, 7.5, 30.25), direction)
+
+
+def _psnr(ref: np.ndarray, test: np.ndarray) -> float:
+    from inrv.codec.metrics import psnr
+
+    return float(psnr(ref, test))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--force", action="store_true", help="overwrite existing golden files")
+    args = ap.parse_args(argv)
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    import inrv
+    from inrv.formats.io import restore_dtype
+
+    torch.set_num_threads(1)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "golden.json").exists() and not args.force:
+        print(f"{out / 'golden.json'} exists; golden files are forever (use --force only with a format major bump)",
+              file=sys.stderr)
+        return 2
+    jobs = [("paper-tiny", "tiny")]
+    if "latent-tiny" in inrv.PRESETS:
+        jobs.append(("latent-tiny", "latent-tiny"))
+
+    data, geometry = phantom()
+    entries = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "phantom16.nii.gz"
+        inrv.save(inrv.Volume(data, geometry), src)
+        reference = inrv.load(src).data
+        np.save(out / "reference.npy", reference)
+        for name, preset in jobs:
+            dst = out / f"{name}.inrv"
+            summary = inrv.compress(src, dst, preset, device="cpu", force=True)
+            f = inrv.read(dst)
+            decoded = restore_dtype(inrv.decode(f.encoded, device="cpu"), f.intensity)
+            np.save(out / f"{name}.decoded.npy", decoded)
+            entries.append({
+                "file": dst.name,
+                "decoded": f"{name}.decoded.npy",
+                "preset": preset,
+                "model": f.encoded.model,
+                "shape": list(f.shape),
+                "dtype": f.intensity.dtype,
+                "geometry": f.geometry.to_dict(),
+                "file_bytes": dst.stat().st_size,
+                "psnr_db": _psnr(reference, decoded),
+                "psnr_band_db": PSNR_BAND_DB,
+                "self_psnr_min_db": SELF_PSNR_MIN_DB,
+                "decoded_sha256": hashlib.sha256(np.ascontiguousarray(decoded).tobytes()).hexdigest(),
+                "encode_metrics": {k: summary["metrics"].get(k) for k in ("psnr", "ssim", "max_abs_err")},
+            })
+            print(f"{dst}: {entries[-1]['file_bytes']} bytes, PSNR {entries[-1]['psnr_db']:.2f} dB")
+    meta = {
+        "format": "1.0",
+        "reference": "reference.npy",
+        "made_with": {"inrv": inrv.__version__, "torch": torch.__version__, "numpy": np.__version__,
+                      "python": platform.python_version(), "machine": platform.machine(), "device": "cpu"},
+        "files": entries,
+    }
+    (out / "golden.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"wrote {out / 'golden.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
