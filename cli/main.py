@@ -65,7 +65,10 @@ def main() -> None:
     """
 
 
-# `inrv batch` lives in cli/batch.py; register it with:  main.add_command(batch)
+# `inrv batch` lives in cli/batch.py (discovery, manifest, Dask driver in cli/batch_engine.py)
+from .batch import batch  # noqa: E402
+
+main.add_command(batch)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -111,13 +111,24 @@ def decompress(src: str | os.PathLike, dst: str | os.PathLike, *, shape: tuple[i
     from .formats.atomic import check_writable
     from .formats.io import restore_dtype
 
+    from .formats.container import DEFAULT_LIMITS
+
     check_writable(dst, force)
     f = read(src)
+    if shape is not None:
+        shape = tuple(int(v) for v in shape)
+        if len(shape) != 3 or min(shape) < 1 or int(np.prod(shape)) > DEFAULT_LIMITS.max_voxels:
+            raise UsageError(f"output shape {shape} must be 3 positive sizes with at most "
+                             f"{DEFAULT_LIMITS.max_voxels} voxels")
     data = restore_dtype(decode(f.encoded, shape=shape, device=device), f.intensity)
     geometry = f.geometry
     if shape is not None and tuple(shape) != tuple(f.encoded.shape):
         geometry = _resampled_geometry(geometry, f.encoded.shape, shape)
-    vol = Volume(data=data, geometry=geometry, intensity=f.intensity, source=f.source)
+    # DICOM output marks the series lossy with the ratio of raw bytes to the .inrv file's bytes
+    source = dict(f.source)
+    raw_bytes = int(np.prod(f.encoded.shape)) * np.dtype(f.intensity.dtype).itemsize
+    source["lossy"] = {"lossy_ratio": raw_bytes / max(1, f.file_bytes)}
+    vol = Volume(data=data, geometry=geometry, intensity=f.intensity, source=source)
     save(vol, dst, force=force)
     return vol
 
