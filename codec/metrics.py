@@ -86,3 +86,26 @@ def quality(ref: np.ndarray, test: np.ndarray, *, with_ssim: bool = True) -> dic
     if with_ssim:
         out["ssim"] = ssim3d(ref, test, rng)
     return out
+
+
+def foreground_mask(ref: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """Foreground voxels: ``ref > threshold`` (default: ``ref > ref.min()``, i.e. all but the background
+    floor, which is the air/padding value in MRI and CT volumes)."""
+    ref = np.asarray(ref)
+    thr = float(ref.min()) if threshold is None else float(threshold)
+    return ref > thr
+
+
+def psnr_foreground(ref: np.ndarray, test: np.ndarray, data_range_: float | None = None,
+                    threshold: float | None = None) -> float:
+    """PSNR over the foreground voxels of ``ref`` only (see :func:`foreground_mask`); the peak is still the
+    data range of the whole ``ref``. NaN when there is no foreground voxel."""
+    ref = np.asarray(ref)
+    test = np.asarray(test)
+    if ref.shape != test.shape:
+        raise ValueError(f"shape mismatch {ref.shape} vs {test.shape}")
+    mask = foreground_mask(ref, threshold)
+    if not mask.any():
+        return math.nan
+    rng = data_range(ref) if data_range_ is None else float(data_range_)
+    return psnr(ref[mask], test[mask], rng)
