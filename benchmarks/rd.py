@@ -409,7 +409,7 @@ def plot(rows: list[Row], vname: str, out_dir: str) -> list[str]:
 def read_csv(path: str) -> list[Row]:
     """Rows of an earlier run's rd.csv (to redraw tables and plots without re-running the codecs)."""
     rows = []
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         for d in csv.DictReader(fh):
             r = Row(d["volume"], d["codec"], d["label"], d["kind"], d["param"], note=d["note"], device=d["device"])
             r.bytes = int(d["bytes"]) if d["bytes"] else None
@@ -422,7 +422,7 @@ def read_csv(path: str) -> list[Row]:
 
 
 def write_csv(rows: list[Row], path: str) -> None:
-    with open(path, "w", newline="") as fh:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
         w.writeheader()
         for r in rows:
@@ -546,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_csv:
         meta = {"redrawn": f"{meta['date (UTC)']} from {args.from_csv} (date, machine and device of that run: "
                            "see where it came from)"}
-    with open(os.path.join(args.out, "rd.md"), "w") as fh:
+    with open(os.path.join(args.out, "rd.md"), "w", encoding="utf-8") as fh:
         fh.write(markdown(rows, volumes, meta, plots) + "\n")
     print(f"wrote {args.out}/rd.csv, rd.md and {sum(len(p) for p in plots.values())} plots", file=sys.stderr)
     return 0

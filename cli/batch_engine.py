@@ -437,7 +437,7 @@ class OutputLock:
     def _stale(self) -> bool:
         try:
             st = self.path.stat()
-            data = json.loads(self.path.read_text() or "{}")
+            data = json.loads(self.path.read_text(encoding="utf-8") or "{}")
         except FileNotFoundError:
             return True
         except (OSError, ValueError):

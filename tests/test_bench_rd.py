@@ -162,7 +162,7 @@ def test_rd_quick_end_to_end(tmp_path):
             assert float(r["max_abs_err"]) <= float(r["param"].split("=")[1])
     sperr = sorted((float(r["bpv"]), float(r["psnr"])) for r in rows if r["codec"] == "sperr")
     assert [q for _, q in sperr] == sorted(q for _, q in sperr)   # more bits, better PSNR
-    md = (out / "rd.md").read_text()
+    md = (out / "rd.md").read_text(encoding="utf-8")
     assert "BD-rate against SPERR" in md and "0.775 bpv" in md and "inrv tiny" in md
     for name in ("rd_psnr_phantom.png", "rd_ssim_phantom.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"

@@ -553,7 +553,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "format.md"
 
 def test_default_limits_are_documented_values():
     # docs/format.md states these numbers; keep them in step
-    text = DOC.read_text()
+    text = DOC.read_text(encoding="utf-8")
     for name in ("max_file_bytes", "max_header_bytes", "max_sections", "max_section_bytes",
                  "max_total_section_bytes", "max_zstd_window", "max_depth", "max_voxels"):
         value = getattr(DEFAULT_LIMITS, name)
@@ -570,7 +570,7 @@ def test_default_limits_are_documented_values():
 
 
 def _doc_block(after: str) -> str:
-    text = DOC.read_text()
+    text = DOC.read_text(encoding="utf-8")
     start = text.index("```python", text.index(after)) + len("```python")
     return text[start:text.index("```", start)]
 
@@ -595,13 +595,13 @@ def test_dictionary_in_the_spec_appendix():
 
     from inrv.formats._header_dict import HEADER_DICT_V1
 
-    text = DOC.read_text()
+    text = DOC.read_text(encoding="utf-8")
     block = text[text.index("```", text.index("## Appendix A")) + 3:]
     assert base64.b64decode("".join(block[:block.index("```")].split())) == HEADER_DICT_V1
 
 
 def test_hex_example_in_the_spec():
-    text = DOC.read_text()
+    text = DOC.read_text(encoding="utf-8")
     block = text[text.index("```", text.index("## 10.")) + 3:]
     block = block[:block.index("```")]
     hexes = re.findall(r"^\s*((?:[0-9a-f]{2} )*[0-9a-f]{2})\s", block, re.M)

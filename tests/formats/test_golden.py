@@ -24,7 +24,7 @@ META_PATH = GOLDEN / "golden.json"
 if not META_PATH.exists():
     pytest.skip(f"no golden files yet ({META_PATH}); run tests/golden/make_golden.py", allow_module_level=True)
 
-META = json.loads(META_PATH.read_text())
+META = json.loads(META_PATH.read_text(encoding="utf-8"))
 ENTRIES = META["files"]
 
 
