@@ -31,11 +31,14 @@ class PaperConfig:
     attn_width: int = 16            # Galerkin attention width
     attn_heads: int = 2
     attn_blocks: int = 2
+    mlp_width: int = 32             # hidden width of the SRNO output MLP
     steps: int = 5000
     lr: float = 1.5e-3
     points_per_step: int | None = 32768   # random HR query points per step; None = all
-    lr_loss_weight: float = 1.0     # weight of the SIREN-vs-low-res loss beside the HR L1 loss
-    weight_bits: int = 8            # quantisation of stored weights
+    lr_loss_weight: float = 0.0     # weight of the SIREN-vs-low-res L1 loss beside the HR L1 loss (docs/model-paper.md)
+    lr_prefit_steps: int = 500      # SIREN-only steps fitting the k-space low-res volume before end-to-end training
+    weight_bits: int = 8            # quantisation of stored weights (2..16)
+    qat_steps: int = 0              # quantisation-aware fine-tune steps after training (0 = off)
     seed: int = 0
 
 
@@ -45,12 +48,26 @@ class LatentConfig:
     distortion + lambda * rate. ``target_bpv`` / ``target_psnr`` make the encoder search lambda."""
 
     model: str = "latent"
-    lmbda: float = 1e-3
+    lmbda: float = 1e-3             # rate weight: loss = MSE([0,1] data) + lmbda * bits / voxels
     steps: int = 2000
-    lr: float = 1e-2
-    target_bpv: float | None = None
-    target_psnr: float | None = None
+    lr: float = 1e-2                # Adam learning rate of the latents (cosine decay)
+    target_bpv: float | None = None     # search lmbda for this rate (bits per voxel, sections + config)
+    target_psnr: float | None = None    # ... or for this PSNR (dB)
     seed: int = 0
+    levels: int = 7                 # latent grids at full, 1/2, 1/4 ... resolution
+    channels: int = 1               # latent channels per level
+    synth_width: int = 16           # synthesis MLP hidden width
+    synth_layers: int = 1           # synthesis MLP hidden layers
+    conv_channels: int = 4          # channels into the synthesis' final 3x3x3 convolution
+    ctx_width: int = 16             # entropy-model (context) MLP hidden width
+    net_lr: float = 2e-3            # Adam learning rate of the synthesis network
+    hard_frac: float = 0.5          # last fraction of steps trained with hard (straight-through) rounding
+    polish_steps: int = 50          # latent-only steps after the networks are quantised
+    weight_bits: int = 8            # quantisation of the stored network weights
+    search_steps: int | None = None     # steps per lambda-search fit (None: same as steps)
+    search_iters: int = 6           # lambda-search fits at most
+    max_voxels_per_step: int = 1 << 22  # larger volumes train on random slabs of the first axis
+    init_scale: float = 1.0         # latents start as a Laplacian pyramid with step ~ sqrt(lmbda); 0 = zeros
 
 
 Config = Union[PaperConfig, LatentConfig]
@@ -59,7 +76,14 @@ PRESETS: dict[str, Config] = {
     # the paper's trade-off point (DS 1/2, NC 4, SN 30), trained as in the paper
     "paper": PaperConfig(),
     # a few seconds on a CPU: for tests, smoke runs and the README demo
-    "tiny": PaperConfig(steps=30, points_per_step=4096, attn_width=8),
+    "tiny": PaperConfig(steps=30, points_per_step=4096, attn_width=8, lr_prefit_steps=50),
+    # latent family (coded latent grids + tiny synthesis; rate set by lmbda or target_bpv/psnr)
+    "fast": LatentConfig(steps=600, polish_steps=30),
+    "balanced": LatentConfig(steps=2000),
+    "best": LatentConfig(steps=6000, polish_steps=200),
+    # a few seconds on a CPU, for tests
+    "latent-tiny": LatentConfig(steps=60, levels=4, synth_width=8, synth_layers=1, conv_channels=2, ctx_width=4,
+                                polish_steps=5, search_iters=4),
 }
 
 DEFAULT_PRESET = "paper"
