@@ -40,6 +40,9 @@ class PaperConfig:
     weight_bits: int = 8            # quantisation of stored weights (2..16)
     qat_steps: int = 0              # quantisation-aware fine-tune steps after training (0 = off)
     seed: int = 0
+    block: int = 64                 # block edge in full-res voxels: one SIREN per block (0 = one SIREN for all)
+    max_lr_cells: int = 1 << 21     # low-res cells per training step / decode slab (bounds memory)
+    amp: bool = True                # bf16 autocast for the SRNO on CUDA (SIREN stays fp32)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,672 @@
+"""The ``latent`` model family: coded multi-resolution latent grids + a tiny synthesis network.
+
+In the spirit of Cool-chic / C3 (2D image codecs), adapted to 3D volumes and to a fully
+parallel decoder. See ``docs/model-latent.md`` for the design, the measurements and the
+bit-exactness argument. In short:
+
+* **Latents.** ``L`` grids over the whole volume, level ``k`` of shape ``ceil(N / 2^k)`` per axis
+  (an axis of length 1 stays 1, so thin and 2D volumes work), ``C`` channels each, stored as
+  integers. They start as a Laplacian pyramid of the data; during training they are real
+  numbers perturbed with uniform noise (first part of the schedule), then rounded with a
+  straight-through gradient.
+* **Synthesis.** Every level is upsampled to full resolution with separable linear interpolation
+  (cell-centred, like ``align_corners=False``); the ``L*C`` values of a voxel go through a small
+  per-voxel MLP, and latents + MLP channels through one 3x3x3 convolution -> one intensity in
+  [0, 1]. Rendering works on slabs of the first axis (with a one-voxel halo), so memory is
+  bounded by the slab, not the volume.
+* **Entropy model.** A quantised Laplace per latent whose mean and scale come from a tiny MLP
+  (shared by all levels, plus a per-level bias) fed with (a) the coarser level upsampled to this
+  level (value and six face neighbours) and (b) for the second half of a 3D checkerboard, the six
+  face neighbours from the first half. Decoding is therefore 2 vectorised passes per level
+  (coarse to fine), no per-symbol loop.
+* **Rate.** ``loss = MSE([0,1] data) + lmbda * bits / voxels``, bits from the differentiable
+  Laplace likelihood (:func:`inrv.codec.entropy.laplace_bits`). The real rate is what the range
+  coder writes (section ``latents``) plus the 8-bit network weights (section ``synthesis``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InputError, RunError
+from .base import Encoded, Progress
+from .config import LatentConfig, config_from_dict, config_to_dict
+from .device import resolve_device, seed_everything
+from .entropy import LaplaceReader, LaplaceStream, laplace_bits, snap_params
+from .quant import dequantize_state, quantize_state
+
+FORMAT_VERSION = 1
+# config fields the decoder needs; always written to Encoded.config
+_ARCH_FIELDS = ("model", "levels", "channels", "synth_width", "synth_layers", "conv_channels", "ctx_width",
+                "weight_bits")
+
+
+# ----------------------------------------------------------------------------- geometry helpers
+
+def level_shapes(shape: tuple[int, int, int], levels: int) -> list[tuple[int, int, int]]:
+    """Grid shapes of the latent levels: ``ceil(n / 2^k)`` per axis, stopping early at 1^3."""
+    out = []
+    for k in range(levels):
+        s = tuple(max(1, -(-n // (2 ** k))) for n in shape)
+        if out and s == out[-1]:
+            break
+        out.append(s)
+    return out
+
+
+def _interp(n_in: int, n_out: int, rows: np.ndarray | None = None):
+    """Indices and weights of cell-centred linear interpolation from ``n_in`` to ``n_out`` samples.
+
+    Pure float64 arithmetic (deterministic on any IEEE machine). ``rows`` picks output indices.
+    """
+    i = np.arange(n_out, dtype=np.float64) if rows is None else np.asarray(rows, dtype=np.float64)
+    src = (i + 0.5) * (n_in / n_out) - 0.5
+    src = np.clip(src, 0.0, n_in - 1.0)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, src - i0
+
+
+def up_torch(x: torch.Tensor, out: tuple[int, ...], rows: np.ndarray | None = None) -> torch.Tensor:
+    """Upsample ``x`` (C, a, b, c) to (C, *out) separably; ``rows`` restricts axis 1 (first spatial)."""
+    for ax in range(3):
+        n_in, n_out = x.shape[ax + 1], out[ax]
+        r = rows if ax == 0 else None
+        if n_in == n_out and r is None:
+            continue
+        i0, i1, w = _interp(n_in, n_out, r)
+        shape = [1, 1, 1, 1]
+        shape[ax + 1] = len(w)
+        wt = torch.as_tensor(w, dtype=x.dtype, device=x.device).view(shape)
+        a = x.index_select(ax + 1, torch.as_tensor(i0, device=x.device))
+        b = x.index_select(ax + 1, torch.as_tensor(i1, device=x.device))
+        x = a + (b - a) * wt
+    return x
+
+
+def up_numpy(x: np.ndarray, out: tuple[int, ...]) -> np.ndarray:
+    """float64 numpy twin of :func:`up_torch` (used by the entropy coder on both sides)."""
+    for ax in range(3):
+        n_in, n_out = x.shape[ax + 1], out[ax]
+        if n_in == n_out:
+            continue
+        i0, i1, w = _interp(n_in, n_out)
+        shape = [1, 1, 1, 1]
+        shape[ax + 1] = len(w)
+        a = np.take(x, i0, axis=ax + 1)
+        b = np.take(x, i1, axis=ax + 1)
+        x = a + (b - a) * w.reshape(shape)
+    return x
+
+
+def parity(shape: tuple[int, int, int]) -> np.ndarray:
+    """Checkerboard mask: True for the second ("B") half, coded after the first ("A") half."""
+    i, j, k = np.indices(shape, sparse=True)
+    return ((i + j + k) % 2).astype(bool)
+
+
+def _neigh_torch(x: torch.Tensor) -> list[torch.Tensor]:
+    """Six face neighbours of every cell of ``x`` (C, a, b, c), zero outside."""
+    p = torch.nn.functional.pad(x, (1, 1, 1, 1, 1, 1))
+    a, b, c = x.shape[1:]
+    return [p[:, 0:a, 1:b + 1, 1:c + 1], p[:, 2:a + 2, 1:b + 1, 1:c + 1],
+            p[:, 1:a + 1, 0:b, 1:c + 1], p[:, 1:a + 1, 2:b + 2, 1:c + 1],
+            p[:, 1:a + 1, 1:b + 1, 0:c], p[:, 1:a + 1, 1:b + 1, 2:c + 2]]
+
+
+# ----------------------------------------------------------------------------- networks
+
+class ContextModel(nn.Module):
+    """Per-latent Laplace (mean, log-scale) from coarser-level and checkerboard-neighbour features.
+
+    Features per latent (C = channels): the coarser level upsampled here (C) and its six face
+    neighbours (6C), the six face neighbours of the same level (6C; zero for the first
+    checkerboard half), and a half flag (1).
+    One hidden ReLU layer shared by all levels, plus a per-level output bias.
+    """
+
+    def __init__(self, channels: int, width: int, levels: int):
+        super().__init__()
+        self.c = channels
+        nf = 13 * channels + 1
+        self.l1 = nn.Linear(nf, width)
+        self.l2 = nn.Linear(width, 2 * channels)
+        self.level_bias = nn.Parameter(torch.zeros(levels, 2 * channels))
+        with torch.no_grad():
+            self.l2.weight.mul_(0.1)
+            self.l2.bias.zero_()
+            self.level_bias[:, channels:] = 0.0
+
+    def features(self, q: torch.Tensor, coarse: torch.Tensor | None, half_b: torch.Tensor) -> torch.Tensor:
+        # q: (C, a, b, c) values of this level; coarse: (C, a, b, c) or None; half_b: (a, b, c) bool
+        hb = half_b.to(q.dtype)
+        nb = [n * hb for n in _neigh_torch(q)]
+        co = coarse if coarse is not None else torch.zeros_like(q)
+        return torch.cat([co] + _neigh_torch(co) + nb + [hb[None]], 0)
+
+    def forward(self, feats: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+        f = feats.flatten(1)                        # (F, n)
+        h = torch.relu(torch.addmm(self.l1.bias[:, None], self.l1.weight, f))
+        o = torch.addmm((self.l2.bias + self.level_bias[level])[:, None], self.l2.weight, h)
+        o = o.reshape(2 * self.c, *feats.shape[1:])
+        return o[: self.c], o[self.c:]
+
+
+class Synthesis(nn.Module):
+    """Latent values -> one intensity (on [0, 1]), with 3x3x3 spatial footprints.
+
+    One 3x3x3 convolution (``skip``) to one channel over two groups of inputs: the ``L*C``
+    upsampled latent channels (a *linear* path, initialised to pick the centre voxel with a
+    weight ``delta`` per level, i.e. a Laplacian-pyramid sum; training turns it into learned
+    synthesis filters) and ``conv_ch`` *non-linear* channels from a per-voxel MLP (``layers``
+    hidden ReLU layers of ``width``; their conv weights start at zero). The input must carry a
+    halo of ``HALO`` voxels on every side (see :func:`_synth_input`).
+    """
+
+    HALO = 1
+
+    def __init__(self, n_in: int, width: int, layers: int, conv_ch: int):
+        super().__init__()
+        mods: list[nn.Module] = []
+        d = n_in
+        for _ in range(layers):
+            mods += [nn.Linear(d, width), nn.ReLU()]
+            d = width
+        mods += [nn.Linear(d, conv_ch), nn.ReLU()]
+        self.net = nn.Sequential(*mods)
+        self.n_in = n_in
+        # one convolution over [latent channels, MLP channels] (both paths at once: faster on CPU)
+        self.skip = nn.Conv3d(n_in + conv_ch, 1, 3)
+        with torch.no_grad():
+            self.skip.weight.zero_()
+            self.skip.bias.fill_(0.5)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        # feats: (F, a+2, b+2, c+2) -> (a, b, c). Channels-first matmuls: (W, F) @ (F, n).
+        h = feats.flatten(1)
+        for m in self.net:
+            h = torch.relu(h) if isinstance(m, nn.ReLU) else torch.addmm(m.bias[:, None], m.weight, h)
+        h = h.reshape((-1,) + feats.shape[1:])
+        return self.skip(torch.cat([feats, h], 0)[None])[0, 0]
+
+
+def _synth_input(qs, shape, r0: int, r1: int) -> torch.Tensor:
+    """Upsampled latents for output rows ``[r0, r1)`` of axis 0 plus a ``Synthesis.HALO`` halo:
+    real neighbouring rows inside the volume, edge replication outside it (so a slab-by-slab
+    render equals a whole-volume render)."""
+    h = Synthesis.HALO
+    lo, hi = max(0, r0 - h), min(shape[0], r1 + h)
+    f = torch.cat([up_torch(q, shape, np.arange(lo, hi)) for q in qs], 0)
+    pad = (h, h, h, h, h - (r0 - lo), h - (hi - r1))
+    return torch.nn.functional.pad(f[None], pad, mode="replicate")[0]
+
+
+def _make_synth(n_levels: int, cfg: LatentConfig) -> Synthesis:
+    return Synthesis(n_levels * cfg.channels, cfg.synth_width, cfg.synth_layers, cfg.conv_channels)
+
+
+# ----------------------------------------------------------------------------- numpy context model
+
+_CTX_DTYPE = np.float32   # context-model arithmetic at coding time (IEEE single, elementwise)
+
+
+def _np_context(w: dict[str, np.ndarray], feats: np.ndarray, level: int,
+                n_used: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """numpy twin of :meth:`ContextModel.forward` in float32 (``_CTX_DTYPE``), written as elementwise
+    multiply-adds in a fixed order (no BLAS, no FMA, no transcendental functions): every operation
+    is one correctly rounded IEEE operation, so the result is reproducible bit for bit.
+    Only the first ``n_used`` features are read (the rest are known to be zero)."""
+    f = feats.reshape(feats.shape[0], -1)            # (F, n)
+    w1, b1, w2, b2, lb = (w[k].astype(_CTX_DTYPE) for k in ("ctx.l1.weight", "ctx.l1.bias", "ctx.l2.weight",
+                                                              "ctx.l2.bias", "ctx.level_bias"))
+    n = f.shape[1]
+    nf = f.shape[0] if n_used is None else n_used
+    tmp = np.empty(n, _CTX_DTYPE)
+    h = np.empty((w1.shape[0], n), _CTX_DTYPE)
+    for j in range(w1.shape[0]):
+        acc = h[j]
+        acc.fill(b1[j])
+        for i in range(nf):
+            np.multiply(f[i], w1[j, i], out=tmp)
+            np.add(acc, tmp, out=acc)
+        np.maximum(acc, 0.0, out=acc)
+    out = np.empty((w2.shape[0], n), _CTX_DTYPE)
+    for j in range(w2.shape[0]):
+        acc = out[j]
+        acc.fill(b2[j] + lb[level, j])
+        for i in range(h.shape[0]):
+            np.multiply(h[i], w2[j, i], out=tmp)
+            np.add(acc, tmp, out=acc)
+    c = w2.shape[0] // 2
+    shp = (c,) + feats.shape[1:]
+    return out[:c].reshape(shp), out[c:].reshape(shp)
+
+
+def _gather_features(co_p: np.ndarray, cur_p: np.ndarray | None, idx: np.ndarray, strides) -> np.ndarray:
+    """Context features (the order of :meth:`ContextModel.features`) of the cells at flat indices
+    ``idx`` of the zero-padded grids ``co_p`` / ``cur_p`` ((C, n_padded) each). ``cur_p`` is None
+    for the first checkerboard half (its neighbour features and flag are zero)."""
+    offs = (-strides[0], strides[0], -strides[1], strides[1], -strides[2], strides[2])
+    C = co_p.shape[0]
+    parts = [co_p[:, idx]] + [co_p[:, idx + o] for o in offs]
+    if cur_p is None:       # first half: the remaining 6C + 1 features are zero (not materialised)
+        pass
+    else:
+        parts += [cur_p[:, idx + o] for o in offs] + [np.ones((1, idx.size))]
+    return np.concatenate(parts, 0).astype(_CTX_DTYPE)
+
+
+def code_latents(latents: list[np.ndarray] | None, w: dict[str, np.ndarray], shapes, channels: int,
+                 data: bytes | None = None, lo: int = 0, hi: int = 0, chunk: int = 1 << 19):
+    """Encode (``latents`` given) or decode (``data`` given) all levels, coarse to fine.
+
+    The same function runs both directions, so the model parameters fed to the coder are computed
+    by literally the same code from the same integers. Per level: the first checkerboard half,
+    then the second, each in chunks of ``chunk`` latents (bounded memory; the chunking is part of
+    the format only in that encoder and decoder use the same order). Returns bytes (encode) or
+    the list of int32 arrays (decode), each (C, *level_shape).
+    """
+    enc = latents is not None
+    coder = LaplaceStream(lo, hi) if enc else LaplaceReader(data, lo, hi)
+    w = {k: np.asarray(v, dtype=np.float64) for k, v in w.items()}
+    C = channels
+    out: list[np.ndarray | None] = [None] * len(shapes)
+    for k in range(len(shapes) - 1, -1, -1):
+        shp = shapes[k]
+        pshp = tuple(n + 2 for n in shp)
+        strides = (pshp[1] * pshp[2], pshp[2], 1)
+        co_p = np.zeros((C,) + pshp)
+        if k + 1 < len(shapes):
+            co_p[:, 1:-1, 1:-1, 1:-1] = up_numpy(out[k + 1].astype(np.float64), shp)
+        co_p = co_p.reshape(C, -1)
+        cur_p = np.zeros((C,) + pshp)
+        inner = cur_p[:, 1:-1, 1:-1, 1:-1]          # view
+        hb = parity(shp)
+        flat_inner = (np.arange(shp[0])[:, None, None] + 1) * strides[0] + \
+                     (np.arange(shp[1])[None, :, None] + 1) * strides[1] + (np.arange(shp[2])[None, None, :] + 1)
+        for half in (False, True):
+            mask = hb if half else ~hb
+            idx_all = flat_inner[mask]                  # padded flat indices, C order
+            vals = latents[k][:, mask].astype(np.int32) if enc else None
+            dec = np.empty((C, idx_all.size), np.int32)
+            for s0 in range(0, idx_all.size, chunk):
+                idx = idx_all[s0:s0 + chunk]
+                feats = _gather_features(co_p, cur_p.reshape(C, -1) if half else None, idx, strides)
+                mean, ls = _np_context(w, feats, k, n_used=feats.shape[0])
+                m, sc = snap_params(mean, ls)
+                if enc:
+                    coder.encode(vals[:, s0:s0 + chunk], m, sc)
+                else:
+                    dec[:, s0:s0 + chunk] = coder.decode(m, sc).reshape(C, -1)
+            inner[:, mask] = vals if enc else dec
+        out[k] = np.ascontiguousarray(inner).astype(np.int32)
+    return coder.getvalue() if enc else out
+
+
+# ----------------------------------------------------------------------------- weight storage
+
+_GROUPS = ("syn.w", "syn.c", "syn.b", "ctx.w", "ctx.b")
+
+
+def _group_of(name: str) -> str:
+    """Quantisation group of a tensor: tensors of similar magnitude share one (scale, offset)."""
+    net = name.split(".", 1)[0]
+    if name.endswith("bias") or name.endswith("level_bias"):
+        return f"{net}.b"
+    if name == "syn.skip.weight":
+        return "syn.c"
+    return f"{net}.w"
+
+
+def _arch_shapes(n_levels: int, cfg: LatentConfig) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of every stored network tensor, in storage order (from the architecture)."""
+    syn = _make_synth(n_levels, cfg)
+    ctx = ContextModel(cfg.channels, cfg.ctx_width, n_levels)
+    out = {f"syn.{k}": tuple(v.shape) for k, v in syn.state_dict().items()}
+    out.update({f"ctx.{k}": tuple(v.shape) for k, v in ctx.state_dict().items()})
+    return out
+
+
+def pack_nets(state: dict[str, np.ndarray], bits: int) -> tuple[bytes, list[list[float]]]:
+    """Quantise the networks as five flat groups (see :func:`_group_of`) with
+    ``quantize_state``; return the payload and only the per-group (scale, offset) pairs: the rest
+    of the quantisation meta follows from the architecture (see :func:`unpack_nets`)."""
+    flat = {g: np.concatenate([np.ravel(v) for k, v in state.items() if _group_of(k) == g]) for g in _GROUPS}
+    payload, meta = quantize_state(flat, bits=bits)
+    compact = [[meta["tensors"][g]["scale"][0], meta["tensors"][g]["offset"][0]] for g in _GROUPS]
+    return payload, compact
+
+
+def unpack_nets(payload: bytes, compact, bits: int, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Inverse of :func:`pack_nets`: rebuild the full quantisation meta, dequantise, split by name."""
+    if not isinstance(compact, list) or len(compact) != len(_GROUPS):
+        raise InputError("bad weight-quantisation parameters")
+    tensors, off = {}, 0
+    sizes = {g: sum(int(np.prod(s)) for k, s in shapes.items() if _group_of(k) == g) for g in _GROUPS}
+    for g, sc in zip(_GROUPS, compact):
+        nb = (sizes[g] * bits + 7) // 8
+        tensors[g] = {"shape": [sizes[g]], "bits": bits, "axis": None, "scale": [sc[0]], "offset": [sc[1]],
+                      "byte_offset": off, "nbytes": nb}
+        off += nb
+    flat = dequantize_state(payload, {"scheme": "affine-v1", "tensors": tensors})
+    out, pos = {}, {g: 0 for g in _GROUPS}
+    for k, s in shapes.items():
+        g, n = _group_of(k), int(np.prod(s))
+        out[k] = flat[g][pos[g]:pos[g] + n].reshape(s)
+        pos[g] += n
+    return out
+
+
+# ----------------------------------------------------------------------------- the family
+
+class LatentModel:
+    """Model family ``latent``. ``fit(array, LatentConfig) -> Encoded``; ``render(Encoded) -> array``.
+
+    ``render(shape=...)`` accepts only the fitted shape (anything else raises ``InputError``): the
+    latent grids are tied to the voxel grid.
+    """
+
+    name = "latent"
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, data: np.ndarray, config: LatentConfig | None = None, *, device: str | None = None,
+            progress: Progress | None = None) -> Encoded:
+        cfg = config if config is not None else LatentConfig()
+        if not isinstance(cfg, LatentConfig):
+            raise InputError("the latent model needs a LatentConfig")
+        arr = np.asarray(data)
+        if arr.ndim not in (2, 3) or arr.size == 0:
+            raise InputError(f"the latent model takes a 2D or 3D array, got shape {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+            raise InputError(f"unsupported dtype {arr.dtype}")
+        if not np.isfinite(arr).all():
+            raise InputError("the volume contains NaN or infinite values")
+        if cfg.target_bpv is not None and cfg.target_psnr is not None:
+            raise InputError("give target_bpv or target_psnr, not both")
+        dev = resolve_device(device)
+        t0 = time.time()
+        if cfg.target_bpv is None and cfg.target_psnr is None:
+            enc = self._fit_once(arr, cfg, cfg.lmbda, cfg.steps, dev, progress)
+        else:
+            enc = self._search(arr, cfg, dev, progress)
+        enc.stats["seconds"] = round(time.time() - t0, 2)
+        return enc
+
+    def _search(self, arr, cfg: LatentConfig, dev, progress) -> Encoded:
+        """Pick lambda for ``target_bpv`` / ``target_psnr``: bracket on log-lambda, then regula falsi."""
+        by_rate = cfg.target_bpv is not None
+        target = float(cfg.target_bpv if by_rate else cfg.target_psnr)
+        if target <= 0:
+            raise InputError("target_bpv / target_psnr must be positive")
+        s_steps = cfg.search_steps or cfg.steps
+        tried: list[tuple[float, float, Encoded]] = []   # (log lambda, measure, encoded)
+
+        def measure(e: Encoded) -> float:
+            # both measures decrease as lambda grows (bpv in log, to make it near-linear in log lambda)
+            return math.log(e.stats["bpv_total"]) if by_rate else e.stats["psnr"]
+
+        goal = math.log(target) if by_rate else target
+        x = math.log(cfg.lmbda)
+        for it in range(max(1, cfg.search_iters)):
+            e = self._fit_once(arr, cfg, math.exp(x), s_steps, dev, None)
+            tried.append((x, measure(e), e))
+            if progress:
+                progress(it + 1, cfg.search_iters, {"loss": e.stats["final_loss"], "lambda": math.exp(x),
+                                                    "bpv": e.stats["bpv_total"],
+                                                    "psnr": e.stats["psnr"]})
+            m = tried[-1][1]
+            if (abs(math.exp(m) - target) / target < 0.03) if by_rate else abs(m - goal) < 0.1:
+                break
+            above = [t for t in tried if t[1] > goal]     # lambda too small
+            below = [t for t in tried if t[1] <= goal]    # lambda too large
+            if above and below:
+                a = max(above, key=lambda t: t[0])
+                b = min(below, key=lambda t: t[0])
+                if b[0] <= a[0] or a[1] == b[1]:
+                    x = 0.5 * (a[0] + b[0])
+                else:
+                    x = a[0] + (a[1] - goal) * (b[0] - a[0]) / (a[1] - b[1])
+                    lo_, hi_ = min(a[0], b[0]), max(a[0], b[0])
+                    x = min(max(x, lo_ + 0.1 * (hi_ - lo_)), hi_ - 0.1 * (hi_ - lo_))
+            else:
+                x += 1.5 if above else -1.5
+        best = min(tried, key=lambda t: abs(t[1] - goal))
+        lam = math.exp(best[0])
+        if s_steps != cfg.steps:
+            e = self._fit_once(arr, cfg, lam, cfg.steps, dev, progress)
+        else:
+            e = best[2]
+        e.stats["search"] = [{"lambda": math.exp(t[0]), "bpv": t[2].stats["bpv_total"], "psnr": t[2].stats["psnr"]}
+                             for t in tried]
+        return e
+
+    def _fit_once(self, arr: np.ndarray, cfg: LatentConfig, lmbda: float, steps: int, dev,
+                  progress: Progress | None) -> Encoded:
+        seed_everything(cfg.seed)
+        orig_shape = tuple(int(s) for s in arr.shape)
+        vol = arr.reshape(orig_shape + (1,) * (3 - arr.ndim)).astype(np.float64)
+        shape = tuple(vol.shape)
+        lo, hi = float(vol.min()), float(vol.max())
+        span = hi - lo if hi > lo else 1.0
+        x = torch.as_tensor(((vol - lo) / span).astype(np.float32), device=dev)
+        nvox = int(np.prod(shape))
+        shapes = level_shapes(shape, cfg.levels)
+        L, C = len(shapes), cfg.channels
+
+        ctx = ContextModel(C, cfg.ctx_width, L).to(dev)
+        syn = _make_synth(L, cfg).to(dev)
+        lat = [nn.Parameter(t) for t in self._init_latents(x, shapes, C, lmbda, cfg, syn)]
+        self._init_context(ctx, lat)
+        # three speeds: latents (integer units), entropy model (log-scales, means), synthesis
+        # (intensity units: a smaller step), and the linear path (weights ~ delta: smaller still)
+        mlp = [p for n, p in syn.named_parameters() if not n.startswith("skip.")]
+        opt = torch.optim.Adam([{"params": lat, "lr": cfg.lr},
+                                {"params": list(ctx.parameters()), "lr": cfg.lr},
+                                {"params": mlp, "lr": cfg.net_lr},
+                                {"params": list(syn.skip.parameters()), "lr": cfg.net_lr * 0.05}])
+        base_lrs = [g["lr"] for g in opt.param_groups]
+        hard_from = int(round(steps * (1.0 - cfg.hard_frac)))
+        slab = max(1, min(shape[0], cfg.max_voxels_per_step // max(1, shape[1] * shape[2])))
+        gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+
+        def forward(qs, rows=None):
+            r0, r1 = (0, shape[0]) if rows is None else (int(rows[0]), int(rows[-1]) + 1)
+            return syn(_synth_input(qs, shape, r0, r1))
+
+        def rate_bits(qs):
+            bits = 0.0
+            for k in range(L):
+                coarse = up_torch(qs[k + 1], shapes[k]) if k + 1 < L else None
+                hb = torch.as_tensor(parity(shapes[k]), device=dev)
+                mean, ls = ctx(ctx.features(qs[k], coarse, hb), k)
+                bits = bits + laplace_bits(qs[k], mean, ls).sum()
+            return bits
+
+        loss_v = float("nan")
+        best: tuple = (math.inf, None, None, None)
+        for step in range(steps):
+            frac = step / max(1, steps)
+            lr_f = 0.5 * (1 + math.cos(math.pi * frac))
+            for g, b in zip(opt.param_groups, base_lrs):
+                g["lr"] = b * max(lr_f, 0.02)
+            if step < hard_from:
+                qs = [p + (torch.rand(p.shape, generator=gen).to(dev) - 0.5) for p in lat]
+            else:
+                qs = [p + (torch.round(p) - p).detach() for p in lat]
+            if slab < shape[0]:
+                r0 = int(torch.randint(0, shape[0] - slab + 1, (1,), generator=gen))
+                rows = np.arange(r0, r0 + slab)
+                pred = forward(qs, rows)
+                dist = torch.mean((pred - x[r0:r0 + slab]) ** 2)
+            else:
+                pred = forward(qs)
+                dist = torch.mean((pred - x) ** 2)
+            bits = rate_bits(qs)
+            loss = dist + lmbda * bits / nvox
+            loss_v = float(loss.detach())
+            if step >= hard_from and loss_v < best[0]:
+                # hard-rounding loss is the true objective: keep the best state seen (the
+                # straight-through phase can drift upwards late in training)
+                best = (loss_v, [p.detach().clone() for p in lat],
+                        {k: v.clone() for k, v in syn.state_dict().items()},
+                        {k: v.clone() for k, v in ctx.state_dict().items()})
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if progress and (step % 10 == 0 or step == steps - 1):
+                progress(step + 1, steps, {"loss": loss_v, "mse": float(dist.detach()), "bpv_est": float(bits.detach()) / nvox})
+        if best[1] is not None:
+            with torch.no_grad():
+                for p, b in zip(lat, best[1]):
+                    p.copy_(b)
+            syn.load_state_dict(best[2])
+            ctx.load_state_dict(best[3])
+            loss_v = best[0]
+
+        # ---- quantise the networks, then polish the latents for the quantised decoder
+        state = {f"syn.{k}": v.detach().cpu().numpy().astype(np.float32) for k, v in syn.state_dict().items()}
+        state.update({f"ctx.{k}": v.detach().cpu().numpy().astype(np.float32) for k, v in ctx.state_dict().items()})
+        payload, qmeta = pack_nets(state, cfg.weight_bits)
+        deq = unpack_nets(payload, qmeta, cfg.weight_bits, _arch_shapes(L, cfg))
+        syn.load_state_dict({k[4:]: torch.as_tensor(v) for k, v in deq.items() if k.startswith("syn.")})
+        ctx.load_state_dict({k[4:]: torch.as_tensor(v) for k, v in deq.items() if k.startswith("ctx.")})
+        if cfg.polish_steps > 0:
+            for p in list(syn.parameters()) + list(ctx.parameters()):
+                p.requires_grad_(False)
+            opt2 = torch.optim.Adam(lat, lr=cfg.lr * 0.05)
+            for step in range(cfg.polish_steps):
+                qs = [p + (torch.round(p) - p).detach() for p in lat]
+                if slab < shape[0]:
+                    r0 = int(torch.randint(0, shape[0] - slab + 1, (1,), generator=gen))
+                    rows = np.arange(r0, r0 + slab)
+                    dist = torch.mean((forward(qs, rows) - x[r0:r0 + slab]) ** 2)
+                else:
+                    dist = torch.mean((forward(qs) - x) ** 2)
+                loss = dist + lmbda * rate_bits(qs) / nvox
+                opt2.zero_grad(set_to_none=True)
+                loss.backward()
+                opt2.step()
+
+        with torch.no_grad():
+            ints = [torch.round(p).detach().cpu().numpy().astype(np.int32) for p in lat]
+            est_bits = float(rate_bits([torch.as_tensor(i, dtype=torch.float32, device=dev) for i in ints]))
+        sym_lo = int(min(int(i.min()) for i in ints))
+        sym_hi = int(max(int(i.max()) for i in ints))
+        if sym_hi == sym_lo:
+            sym_hi = sym_lo + 1
+        lat_bytes = code_latents(ints, deq, shapes, C, lo=sym_lo, hi=sym_hi)
+
+        # Fixed overhead matters (1 kB = 0.03 bpv on 64^3): the architecture fields are always
+        # stored; the training-only fields only where they differ from LatentConfig's defaults.
+        defaults = config_to_dict(LatentConfig())
+        conf = {k: v for k, v in config_to_dict(cfg).items()
+                if k in _ARCH_FIELDS or (v is not None and v != defaults.get(k))}
+        conf["lmbda"] = float(lmbda)
+        conf["steps"] = int(steps)
+        conf.update({
+            "v": FORMAT_VERSION,
+            "sym_range": [sym_lo, sym_hi],
+            "quant": qmeta,
+        })
+        enc = Encoded(model="latent", config=conf, sections={"latents": lat_bytes, "synthesis": payload},
+                      shape=orig_shape, value_range=(lo, hi))
+        # honest check: decode through the real path and measure
+        dec_ints = code_latents(None, deq, shapes, C, data=lat_bytes, lo=sym_lo, hi=sym_hi)
+        if any(not np.array_equal(a, b) for a, b in zip(ints, dec_ints)):
+            raise RunError("internal error: entropy-coded latents do not round-trip")
+        rec = self.render(enc, device=str(dev))
+        if np.issubdtype(arr.dtype, np.integer):
+            info = np.iinfo(arr.dtype)
+            rec = np.clip(np.rint(rec), info.min, info.max)
+        from .metrics import psnr
+        import msgpack
+
+        cfg_bytes = len(msgpack.packb(conf, use_bin_type=True))
+        sec = len(lat_bytes) + len(payload)
+        enc.stats.update({
+            "steps": int(steps), "lambda": float(lmbda), "device": str(dev),
+            "latent_bytes": len(lat_bytes), "synthesis_bytes": len(payload), "config_bytes": cfg_bytes,
+            "bits_estimated": round(est_bits, 1), "bits_actual": 8 * len(lat_bytes),
+            "bpv_sections": 8.0 * sec / nvox, "bpv_total": 8.0 * (sec + cfg_bytes) / nvox,
+            "psnr": float(psnr(arr, rec)), "final_loss": loss_v, "levels": L,
+        })
+        return enc
+
+    @staticmethod
+    def _init_latents(x: torch.Tensor, shapes, C: int, lmbda: float, cfg: LatentConfig, syn: "Synthesis"):
+        """Start from a Laplacian pyramid of the data instead of zeros (much faster convergence).
+
+        Coarse to fine, each level holds the area-average of what the coarser levels miss, in
+        units of a step ``delta``; the synthesis' linear path is set to ``delta`` for channel 0 of
+        every level, so the initial decode is the pyramid sum. ``delta = init_scale *
+        sqrt(6 lmbda / ln 2)`` is the high-rate optimum of a uniform quantiser for this lambda.
+        """
+        out = [torch.zeros((C,) + s, device=x.device) for s in shapes]
+        if cfg.init_scale <= 0:
+            return out
+        delta = cfg.init_scale * math.sqrt(6.0 * lmbda / math.log(2.0))
+        shape = tuple(x.shape)
+        with torch.no_grad():
+            recon = torch.full_like(x, 0.5)
+            for k in range(len(shapes) - 1, -1, -1):
+                res = (x - recon)[None, None]
+                lv = torch.nn.functional.adaptive_avg_pool3d(res, shapes[k])[0] / delta
+                out[k][0] = lv[0]
+                recon = recon + up_torch(lv, shape)[0] * delta
+                syn.skip.weight[0, k * C, 1, 1, 1] = delta
+        return out
+
+    @staticmethod
+    def _init_context(ctx: "ContextModel", lat) -> None:
+        """Start each level's Laplace at the maximum-likelihood mean/scale of its initial latents,
+        so that the rate term is meaningful from step 0 (a scale-1 prior costs 1.3 bits per zero)."""
+        C = ctx.c
+        with torch.no_grad():
+            for k, q in enumerate(lat):
+                qf = q.reshape(C, -1)
+                med = qf.median(dim=1).values
+                b = (qf - med[:, None]).abs().mean(dim=1).clamp(0.02, 50.0)
+                ctx.level_bias[k, :C] = med
+                ctx.level_bias[k, C:] = torch.log(b)
+
+    # ------------------------------------------------------------------ render
+    def render(self, encoded: Encoded, *, shape: tuple[int, ...] | None = None,
+               device: str | None = None) -> np.ndarray:
+        if encoded.model != "latent":
+            raise InputError(f"not a latent-model encoding (model {encoded.model!r})")
+        conf = encoded.config
+        orig = tuple(int(s) for s in encoded.shape)
+        if shape is not None and tuple(int(s) for s in shape) != orig:
+            raise InputError(f"the latent model renders only its fitted shape {orig}, not {tuple(shape)}")
+        try:
+            cfg = config_from_dict(conf)
+            vshape = orig + (1,) * (3 - len(orig))
+            shapes = level_shapes(vshape, cfg.levels)
+            lo_s, hi_s = (int(v) for v in conf["sym_range"])
+            deq = unpack_nets(encoded.sections["synthesis"], conf["quant"], cfg.weight_bits,
+                              _arch_shapes(len(shapes), cfg))
+            ints = code_latents(None, deq, shapes, cfg.channels, data=encoded.sections["latents"],
+                                lo=lo_s, hi=hi_s)
+        except InputError:
+            raise
+        except Exception as exc:  # corrupt/hostile payloads: one clear line
+            raise InputError(f"cannot decode latent-model payload: {exc}") from None
+        dev = resolve_device(device)
+        syn = _make_synth(len(shapes), cfg)
+        syn.load_state_dict({k[4:]: torch.as_tensor(v) for k, v in deq.items() if k.startswith("syn.")})
+        syn = syn.to(dev).eval()
+        lat = [torch.as_tensor(i, dtype=torch.float32, device=dev) for i in ints]
+        out = np.empty(vshape, dtype=np.float32)
+        rows_per = max(1, min(vshape[0], (1 << 21) // max(1, vshape[1] * vshape[2])))
+        with torch.no_grad():
+            for r0 in range(0, vshape[0], rows_per):
+                r1 = min(vshape[0], r0 + rows_per)
+                out[r0:r1] = syn(_synth_input(lat, vshape, r0, r1)).cpu().numpy()
+        lo, hi = encoded.value_range
+        span = hi - lo if hi > lo else 1.0
+        res = out.astype(np.float64) * span + lo
+        return res.astype(np.float32).reshape(orig)
