@@ -68,3 +68,37 @@ class Siren(nn.Module):
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(coords))
+
+
+class BlockSiren(nn.Module):
+    """``nblocks`` independent SIRENs evaluated at once: weights carry a leading block axis and each
+    layer is one batched matmul (``torch.baddbmm``), not a Python loop over blocks.
+
+    Parameters (one tensor each, stored as such): ``w0`` (B, hidden, 3), ``b0`` (B, hidden), ...,
+    ``w{layers}`` (B, 1, hidden) and ``b{layers}`` (B, 1) for the linear head. Each block is
+    initialised like :class:`Siren`. ``forward(sel, coords)`` evaluates blocks ``sel`` (indices into
+    the block axis) at the same local coordinates ``coords`` (P, 3) and returns (len(sel), P).
+    """
+
+    def __init__(self, nblocks: int, hidden: int = 30, layers: int = 3, omega0: float = 30.0, in_dim: int = 3):
+        super().__init__()
+        self.omega0, self.layers = float(omega0), int(layers)
+        dims = [in_dim] + [hidden] * layers + [1]
+        for i in range(layers + 1):
+            fan_in, fan_out = dims[i], dims[i + 1]
+            bound = 1.0 / fan_in if i == 0 else math.sqrt(6.0 / fan_in) / self.omega0
+            w = torch.empty(nblocks, fan_out, fan_in).uniform_(-bound, bound)
+            bb = 1.0 / math.sqrt(fan_in)   # torch's default Linear bias init
+            b = torch.empty(nblocks, fan_out).uniform_(-bb, bb)
+            setattr(self, f"w{i}", nn.Parameter(w))
+            setattr(self, f"b{i}", nn.Parameter(b))
+
+    def forward(self, sel: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        n = sel.shape[0]
+        h = coords.unsqueeze(0).expand(n, -1, -1)
+        for i in range(self.layers + 1):
+            w, b = getattr(self, f"w{i}")[sel], getattr(self, f"b{i}")[sel]
+            h = torch.baddbmm(b[:, None, :], h, w.transpose(1, 2))
+            if i < self.layers:
+                h = torch.sin(self.omega0 * h)
+        return h[..., 0]
