@@ -85,9 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{out / 'golden.json'} exists; golden files are forever (use --force only with a format major bump)",
               file=sys.stderr)
         return 2
-    jobs = [("paper-tiny", "tiny")]
+    # (name, preset, config overrides); "paper-blocks" exercises the block partition (2x2x2 blocks of 8^3)
+    jobs = [("paper-tiny", "tiny", {}), ("paper-blocks", "tiny", {"block": 8})]
     if "latent-tiny" in inrv.PRESETS:
-        jobs.append(("latent-tiny", "latent-tiny"))
+        jobs.append(("latent-tiny", "latent-tiny", {}))
 
     data, geometry = phantom()
     entries = []
@@ -96,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         inrv.save(inrv.Volume(data, geometry), src)
         reference = inrv.load(src).data
         np.save(out / "reference.npy", reference)
-        for name, preset in jobs:
+        for name, preset, overrides in jobs:
             dst = out / f"{name}.inrv"
-            summary = inrv.compress(src, dst, preset, device="cpu", force=True)
+            summary = inrv.compress(src, dst, preset, device="cpu", force=True, **overrides)
             f = inrv.read(dst)
             decoded = restore_dtype(inrv.decode(f.encoded, device="cpu"), f.intensity)
             np.save(out / f"{name}.decoded.npy", decoded)
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 "file": dst.name,
                 "decoded": f"{name}.decoded.npy",
                 "preset": preset,
+                "overrides": overrides,
                 "model": f.encoded.model,
                 "shape": list(f.shape),
                 "dtype": f.intensity.dtype,
