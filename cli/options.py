@@ -144,7 +144,7 @@ def encoding_options(f: Callable) -> Callable:
     @functools.wraps(f)
     def checked(*args: Any, **kwargs: Any) -> Any:
         build_config(**kwargs)  # raises UsageError before any work
-        kwargs["preset"] = resolve_preset(kwargs.get("preset"), kwargs.get("model"))
+        kwargs["preset"] = resolve_preset(kwargs.get("preset"), _model_of(kwargs))
         return f(*args, **kwargs)
 
     for opt in reversed(options):
@@ -153,6 +153,23 @@ def encoding_options(f: Callable) -> Callable:
 
 
 # --------------------------------------------------------------------------- configs
+
+# options that only one family has: given without --preset/--model, they choose the family
+_PAPER_ONLY = ("ds", "nc", "sn")
+_LATENT_ONLY = ("bpv", "psnr")
+
+
+def _model_of(opts: dict[str, Any]) -> str | None:
+    """``--model``, else the family implied by family-only options when no ``--preset`` is given
+    (``inrv encode x --ds 4`` means the paper model, ``inrv encode x --bpv 0.5`` the latent one)."""
+    if opts.get("model") or opts.get("preset"):
+        return opts.get("model")
+    paper = any(opts.get(k) is not None for k in _PAPER_ONLY)
+    latent = any(opts.get(k) is not None for k in _LATENT_ONLY)
+    if paper != latent:
+        return "paper" if paper else "latent"
+    return None
+
 
 def resolve_preset(preset: str | None = None, model: str | None = None) -> str:
     """The preset to start from: ``--preset`` if given, else the default preset of ``--model``, else
@@ -183,7 +200,7 @@ def build_config(**opts: Any):
     """
     from ..codec.config import make_config
 
-    name = resolve_preset(opts.get("preset"), opts.get("model"))
+    name = resolve_preset(opts.get("preset"), _model_of(opts))
     base = PRESETS[name]
     fields = {f.name for f in dataclasses.fields(base)}
     for opt, field in OPTION_FIELDS.items():

@@ -330,8 +330,23 @@ def test_device_cuda_without_gpu_is_exit_2(encoded, tmp_path):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("opts, preset", [
+    ({}, "balanced"),                                       # the project default: the latent family
+    ({"ds": "4"}, "paper"),                                 # paper-only options choose the paper model
+    ({"sn": 50, "epochs": 3}, "paper"),
+    ({"bpv": 0.5}, "balanced"),                             # latent-only options choose the latent model
+    ({"model": "paper"}, "paper"),
+    ({"preset": "tiny", "ds": "2"}, "tiny"),
+])
+def test_family_only_options_choose_the_family(opts, preset):
+    from inrv.cli.options import build_config, resolve_preset, _model_of
+
+    assert resolve_preset(opts.get("preset"), _model_of(opts)) == preset
+    assert build_config(**opts).model == inrv.PRESETS[preset].model
+
+
 @pytest.mark.parametrize("extra, words", [
-    (["--bpv", "1"], "--bpv"),                              # latent-only option with the paper preset
+    (["--preset", "tiny", "--bpv", "1"], "--bpv"),          # latent-only option with a paper preset
     (["--model", "latent", "--sn", "8"], "--sn"),           # paper-only option with the latent model
     (["--preset", "latent-tiny", "--bpv", "1", "--psnr", "30"], "not both"),
     (["--model", "latent", "--preset", "tiny"], "--model"),
