@@ -18,7 +18,8 @@ Writing (a folder of ``00001.dcm`` ...)
     A derived, lossy series: ImageType ``DERIVED\\SECONDARY``; LossyImageCompression (0028,2110) ``"01"``,
     LossyImageCompressionMethod (0028,2114) ``"INRV"``, LossyImageCompressionRatio (0028,2112) when the
     caller put ``lossy_ratio`` in ``Volume.source["lossy"]``; a DerivationDescription; Modality from the
-    source (else ``"OT"``). UIDs: a new Series Instance UID shared by all slices and a new SOP Instance UID
+    source (else ``"CT"`` for Hounsfield units and ``"MR"`` otherwise, so that viewers get PixelSpacing and the
+    patient geometry: ``"OT"`` would make a Secondary Capture image without them). UIDs: a new Series Instance UID shared by all slices and a new SOP Instance UID
     per slice; the Study and Frame of Reference UIDs are the source's when they were kept
     (``keep_private=True``: the derived series joins the original study and stays registered with it),
     otherwise new ones shared by all slices. Per slice: ImagePositionPatient, ImageOrientationPatient,
@@ -281,7 +282,10 @@ def write_dicom(volume: Volume, folder: Path) -> None:
     src = volume.source if isinstance(volume.source, dict) else {}
     kept = dict((src.get("dicom") or {}).get("tags") or {})
     lossy = src.get("lossy") or {}
-    modality = (kept.get("0008|0060") or "OT").strip() or "OT"
+    # Modality from the source; else CT for Hounsfield units, MR otherwise (NIfTI/NRRD/MHA sources carry no
+    # modality). Not "OT": GDCM then writes Secondary Capture, which has no PixelSpacing and no geometry.
+    default_modality = "CT" if (volume.intensity is not None and volume.intensity.units == "HU") else "MR"
+    modality = (kept.get("0008|0060") or default_modality).strip() or default_modality
     d = np.asarray(g.direction, dtype=np.float64).reshape(3, 3)
     origin = np.asarray(g.origin, dtype=np.float64)
     now = datetime.datetime.now()

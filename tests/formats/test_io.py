@@ -285,6 +285,19 @@ def test_dicom_output_tags(tmp_path):
         np.testing.assert_array_equal(s.pixel_array, vol.data[:, :, k].T)
 
 
+@pytest.mark.parametrize("units, modality, sop_class", [
+    ("HU", "CT", "1.2.840.10008.5.1.4.1.1.2"),   # CT Image Storage
+    (None, "MR", "1.2.840.10008.5.1.4.1.1.4"),   # MR Image Storage
+])
+def test_dicom_from_a_non_dicom_source_has_a_modality_with_geometry(tmp_path, units, modality, sop_class):
+    vol = make_volume("int16")                  # source kind "array": no modality to copy
+    vol.intensity.units = units
+    write_volume(vol, tmp_path / "s")
+    s = _dicom_series(tmp_path / "s")[0]
+    assert s.Modality == modality and str(s.SOPClassUID) == sop_class
+    np.testing.assert_allclose([float(v) for v in s.PixelSpacing], [0.9, 0.7])
+
+
 def test_dicom_privacy_default_and_keep_private(tmp_path):
     src = {"kind": "dicom", "dicom": {"tags": {"0008|0060": "MR", "0010|0010": "DOE^JANE", "0010|0020": "ID123",
                                                "0020|000d": "1.2.3.4", "0020|0052": "1.2.3.5"}}}
