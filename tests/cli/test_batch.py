@@ -593,8 +593,13 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_continues(tmp_path, fake_codec, thread
     assert len(E.read_manifests(dst)) == 1
     # threads cannot be killed: a cancelled task that had started finishes (then unlocks) on its own;
     # a real cluster's worker processes are closed instead
-    deadline = time.time() + 20
-    while _ACTIVE[0] and time.time() < deadline:
+    # (a cancelled task can still start a moment later: wait until no job ran and no lock was held for 1 s)
+    deadline, quiet_since = time.time() + 30, None
+    while time.time() < deadline:
+        busy = _ACTIVE[0] or any(dst.rglob("*.lock"))
+        quiet_since = None if busy else (quiet_since or time.time())
+        if quiet_since and time.time() - quiet_since > 1.0:
+            break
         time.sleep(0.05)
     _, stats = run_engine(src, dst, threads_client)
     rows = E.read_manifests(dst)
