@@ -36,6 +36,7 @@ class Encoded:
         value_range: ``(lo, hi)``: the data were normalised as ``(x - lo) / (hi - lo)`` before fitting;
             ``render`` returns values in the original units.
         stats: measured at encode time (psnr, ssim, max_abs_err, seconds, device, steps, ...).
+        reconstruction: see below; None after reading a file.
     """
 
     model: str
@@ -44,6 +45,9 @@ class Encoded:
     shape: tuple[int, ...]
     value_range: tuple[float, float]
     stats: dict[str, Any] = field(default_factory=dict)
+    # the model's own ``render`` of this Encoded on its fitted grid, kept by ``fit`` (which decodes to measure
+    # itself) so that callers need not decode a second time; transient: never written to a file
+    reconstruction: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def payload_bytes(self) -> int:

@@ -414,6 +414,10 @@ class LatentModel:
         for it in range(max(1, cfg.search_iters)):
             e = self._fit_once(arr, cfg, math.exp(x), s_steps, dev, None)
             tried.append((x, measure(e), e))
+            closest = min(tried, key=lambda t: abs(t[1] - goal))
+            for t in tried:   # keep one volume-sized reconstruction, the closest fit's, not one per fit
+                if t is not closest:
+                    t[2].reconstruction = None
             if progress:
                 progress(it + 1, cfg.search_iters, {"loss": e.stats["final_loss"], "lambda": math.exp(x),
                                                     "bpv": e.stats["bpv_total"],
@@ -578,7 +582,7 @@ class LatentModel:
         dec_ints = code_latents(None, deq, shapes, C, data=lat_bytes, lo=sym_lo, hi=sym_hi)
         if any(not np.array_equal(a, b) for a, b in zip(ints, dec_ints)):
             raise RunError("internal error: entropy-coded latents do not round-trip")
-        rec = self.render(enc, device=str(dev))
+        rec = enc.reconstruction = self.render(enc, device=str(dev))
         if np.issubdtype(arr.dtype, np.integer):
             info = np.iinfo(arr.dtype)
             rec = np.clip(np.rint(rec), info.min, info.max)

@@ -453,13 +453,12 @@ class PaperModel:
         enc = Encoded(model=self.name, config=cfg_dict, sections=sections, shape=shape,
                       value_range=(lo, hi), stats={})
         recon_q = self.render(enc, device=str(dev))
-        recon_q -= lo
-        recon_q /= span
+        enc.reconstruction = recon_q
         float_psnr = None if recon_float is None else _psnr01(norm, np.clip(recon_float, 0, 1))
         del recon_float
         enc.stats = {
             "steps": steps, "train_seconds": train_seconds, "device": str(dev), "params": sum(int(v.size) for v in float_state.values()), "loss": loss_v,
-            "points_per_step": pts, "psnr_float": float_psnr, "psnr_quantised": _psnr01(norm, recon_q),
+            "points_per_step": pts, "psnr_float": float_psnr, "psnr_quantised": _psnr01(norm, recon_q, lo, span),
             "peak_gpu_bytes": peak, "lr_shape": list(lr_shape),
             "blocks": part.nblocks, "active_blocks": int(part.active.sum()),
         }
@@ -546,11 +545,15 @@ def _read_partition(encoded: Encoded, cfg: PaperConfig, lr_shape) -> Partition |
     return Partition(lr_shape, bl, mask.astype(bool), const, legacy=False)
 
 
-def _psnr01(ref: np.ndarray, test: np.ndarray) -> float:
-    """PSNR of [0, 1] data, accumulated over slabs (no volume-sized float64 temporaries)."""
+def _psnr01(ref: np.ndarray, test: np.ndarray, lo: float = 0.0, span: float = 1.0) -> float:
+    """PSNR of [0, 1] data ``ref`` against ``(test - lo) / span``, accumulated over slabs (no volume-sized
+    temporaries)."""
     sq = 0.0
     for i in range(0, ref.shape[0], 8):
-        d = ref[i:i + 8].astype(np.float64) - test[i:i + 8]
+        t = test[i:i + 8]
+        if lo != 0.0 or span != 1.0:
+            t = (t - np.float32(lo)) / np.float32(span)
+        d = ref[i:i + 8].astype(np.float64) - t
         sq += float(np.sum(d * d))
     mse = sq / max(1, ref.size)
     return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)

@@ -96,7 +96,11 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, config: Any = None,
     vol = load(src, keep_private=keep_private)
     enc = encode(vol, config, device=device, progress=progress, **overrides)
     seconds = time.perf_counter() - t0
-    restored = restore_dtype(decode(enc, device=device), vol.intensity)
+    # the model decoded itself while fitting: reuse that reconstruction rather than decoding again
+    recon = enc.reconstruction if enc.reconstruction is not None else decode(enc, device=device)
+    enc.reconstruction = None
+    restored = restore_dtype(recon, vol.intensity)
+    del recon
     enc.stats.update(quality(vol.data, restored))
     enc.stats["encode_seconds"] = seconds
     write_inrv(dst, enc, vol, force=force)
