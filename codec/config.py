@@ -62,6 +62,7 @@ class LatentConfig:
     synth_width: int = 16           # synthesis MLP hidden width
     synth_layers: int = 1           # synthesis MLP hidden layers
     conv_channels: int = 4          # channels into the synthesis' final 3x3x3 convolution
+    ctx_passes: int = 2             # entropy-model coding passes per level: 2 (checkerboard) or 8 (2x2x2 sub-lattices)
     ctx_width: int = 16             # entropy-model (context) MLP hidden width
     net_lr: float = 2e-3            # Adam learning rate of the synthesis network
     hard_frac: float = 0.5          # last fraction of steps trained with hard (straight-through) rounding
@@ -70,6 +71,9 @@ class LatentConfig:
     search_steps: int | None = None     # steps per lambda-search fit (None: same as steps)
     search_iters: int = 6           # lambda-search fits at most
     max_voxels_per_step: int = 1 << 22  # larger volumes train on random slabs of the first axis
+    soft_round: bool = False        # noise phase: C3-style annealed soft rounding (+ noise) instead of noise alone
+    soft_t0: float = 0.3            # soft-rounding temperature at the start ...
+    soft_t1: float = 0.1            # ... and at the switch to hard rounding (geometric annealing)
     init_scale: float = 1.0         # latents start as a Laplacian pyramid with step ~ sqrt(lmbda); 0 = zeros
 
 

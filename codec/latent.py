@@ -26,6 +26,7 @@ bit-exactness argument. In short:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import numpy as np
@@ -42,7 +43,7 @@ from .quant import dequantize_state, quantize_state
 FORMAT_VERSION = 1
 # config fields the decoder needs; always written to Encoded.config
 _ARCH_FIELDS = ("model", "levels", "channels", "synth_width", "synth_layers", "conv_channels", "ctx_width",
-                "weight_bits")
+                "weight_bits", "ctx_passes")
 
 
 # ----------------------------------------------------------------------------- geometry helpers
@@ -103,10 +104,58 @@ def up_numpy(x: np.ndarray, out: tuple[int, ...]) -> np.ndarray:
     return x
 
 
+def soft_round(x: torch.Tensor, t: float) -> torch.Tensor:
+    """Differentiable rounding with temperature ``t`` (Agustsson & Theis 2020): identity as
+    ``t`` grows, ``round`` as ``t -> 0``; used with an annealed ``t`` during training (as in C3)."""
+    m = torch.floor(x) + 0.5
+    a = 1.0 / t
+    return m + torch.tanh(a * (x - m)) / (2.0 * math.tanh(a / 2.0))
+
+
 def parity(shape: tuple[int, int, int]) -> np.ndarray:
     """Checkerboard mask: True for the second ("B") half, coded after the first ("A") half."""
     i, j, k = np.indices(shape, sparse=True)
     return ((i + j + k) % 2).astype(bool)
+
+
+# 8-pass order of the 2x2x2 sub-lattices (phase bits = (i%2, j%2, k%2)): a sparse lattice first,
+# then its body centres, then the face-diagonal and finally the axis-offset sub-lattices, each pass
+# seeing every latent of the earlier passes among its 26 neighbours.
+_PASS_ORDER_8 = (0b000, 0b111, 0b011, 0b101, 0b110, 0b100, 0b010, 0b001)
+# the 26 neighbour offsets of a 3x3x3 neighbourhood, in a fixed order
+_OFFSETS_26 = tuple((a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if (a, b, c) != (0, 0, 0))
+
+
+def pass_map(shape: tuple[int, int, int], passes: int) -> np.ndarray:
+    """Coding pass (0 .. passes-1) of every latent of a level: 2 = checkerboard, 8 = 2x2x2 sub-lattices."""
+    i, j, k = np.indices(shape, sparse=True)
+    if passes == 2:
+        return ((i + j + k) % 2).astype(np.int64)
+    if passes == 8:
+        rank = np.empty(8, np.int64)
+        rank[list(_PASS_ORDER_8)] = np.arange(8)
+        return rank[4 * (i % 2) + 2 * (j % 2) + (k % 2)]
+    raise InputError(f"unsupported number of context passes {passes} (2 or 8)")
+
+
+def avail_table() -> np.ndarray:
+    """(8, 26) bool: for a latent of pass p, whether its neighbour at ``_OFFSETS_26[o]`` is decoded
+    before it (its pass is earlier). Translation invariant: the neighbour's phase is the latent's
+    phase XOR the offset's parity bits."""
+    rank = np.empty(8, np.int64)
+    rank[list(_PASS_ORDER_8)] = np.arange(8)
+    out = np.zeros((8, 26), bool)
+    for p, ph in enumerate(_PASS_ORDER_8):
+        for o, (a, b, c) in enumerate(_OFFSETS_26):
+            out[p, o] = rank[ph ^ (4 * (a & 1) + 2 * (b & 1) + (c & 1))] < p
+    return out
+
+
+def _neigh26_torch(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 26 neighbours (order ``_OFFSETS_26``) of every cell of ``x`` (C, a, b, c), zero outside."""
+    p = torch.nn.functional.pad(x, (1, 1, 1, 1, 1, 1))
+    a, b, c = x.shape[1:]
+    return [p[:, 1 + u:1 + u + a, 1 + v:1 + v + b, 1 + w:1 + w + c] for u, v, w in _OFFSETS_26]
 
 
 def _neigh_torch(x: torch.Tensor) -> list[torch.Tensor]:
@@ -129,10 +178,13 @@ class ContextModel(nn.Module):
     One hidden ReLU layer shared by all levels, plus a per-level output bias.
     """
 
-    def __init__(self, channels: int, width: int, levels: int):
+    def __init__(self, channels: int, width: int, levels: int, passes: int = 2):
         super().__init__()
         self.c = channels
-        nf = 13 * channels + 1
+        self.passes = passes
+        # passes 2: [coarse (C), its 6 face neighbours (6C), same-level face neighbours (6C), flag (1)]
+        # passes 8: [coarse (C), its 6 face neighbours (6C), 26 same-level neighbours (26C), pass one-hot (8)]
+        nf = 13 * channels + 1 if passes == 2 else 33 * channels + 8
         self.l1 = nn.Linear(nf, width)
         self.l2 = nn.Linear(width, 2 * channels)
         self.level_bias = nn.Parameter(torch.zeros(levels, 2 * channels))
@@ -141,12 +193,18 @@ class ContextModel(nn.Module):
             self.l2.bias.zero_()
             self.level_bias[:, channels:] = 0.0
 
-    def features(self, q: torch.Tensor, coarse: torch.Tensor | None, half_b: torch.Tensor) -> torch.Tensor:
-        # q: (C, a, b, c) values of this level; coarse: (C, a, b, c) or None; half_b: (a, b, c) bool
-        hb = half_b.to(q.dtype)
-        nb = [n * hb for n in _neigh_torch(q)]
+    def features(self, q: torch.Tensor, coarse: torch.Tensor | None, pmap: torch.Tensor) -> torch.Tensor:
+        """q: (C, a, b, c) values of this level; coarse: (C, a, b, c) or None; pmap: (a, b, c) the
+        coding pass of each latent (:func:`pass_map`). Only earlier passes are visible."""
         co = coarse if coarse is not None else torch.zeros_like(q)
-        return torch.cat([co] + _neigh_torch(co) + nb + [hb[None]], 0)
+        if self.passes == 2:
+            hb = pmap.to(q.dtype)
+            nb = [n * hb for n in _neigh_torch(q)]
+            return torch.cat([co] + _neigh_torch(co) + nb + [hb[None]], 0)
+        av = torch.as_tensor(avail_table(), device=q.device)[pmap].to(q.dtype)     # (a, b, c, 26)
+        nb = [n * av[..., o] for o, n in enumerate(_neigh26_torch(q))]
+        onehot = torch.nn.functional.one_hot(pmap, 8).to(q.dtype).permute(3, 0, 1, 2)
+        return torch.cat([co] + _neigh_torch(co) + nb + [onehot], 0)
 
     def forward(self, feats: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
         f = feats.flatten(1)                        # (F, n)
@@ -246,6 +304,30 @@ def _np_context(w: dict[str, np.ndarray], feats: np.ndarray, level: int,
     return out[:c].reshape(shp), out[c:].reshape(shp)
 
 
+def _np_mlp(f: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray) -> np.ndarray:
+    """``w2 @ relu(w1 @ f + b1) + b2`` in float32, as elementwise multiply-adds in a fixed order
+    (the arithmetic of :func:`_np_context`, with the weights already selected and the biases
+    already combined). f: (F, n) float32."""
+    n = f.shape[1]
+    tmp = np.empty(n, _CTX_DTYPE)
+    h = np.empty((w1.shape[0], n), _CTX_DTYPE)
+    for j in range(w1.shape[0]):
+        acc = h[j]
+        acc.fill(b1[j])
+        for i in range(w1.shape[1]):
+            np.multiply(f[i], w1[j, i], out=tmp)
+            np.add(acc, tmp, out=acc)
+        np.maximum(acc, 0.0, out=acc)
+    out = np.empty((w2.shape[0], n), _CTX_DTYPE)
+    for j in range(w2.shape[0]):
+        acc = out[j]
+        acc.fill(b2[j])
+        for i in range(h.shape[0]):
+            np.multiply(h[i], w2[j, i], out=tmp)
+            np.add(acc, tmp, out=acc)
+    return out
+
+
 def _gather_features(co_p: np.ndarray, cur_p: np.ndarray | None, idx: np.ndarray, strides) -> np.ndarray:
     """Context features (the order of :meth:`ContextModel.features`) of the cells at flat indices
     ``idx`` of the zero-padded grids ``co_p`` / ``cur_p`` ((C, n_padded) each). ``cur_p`` is None
@@ -261,7 +343,7 @@ def _gather_features(co_p: np.ndarray, cur_p: np.ndarray | None, idx: np.ndarray
 
 
 def code_latents(latents: list[np.ndarray] | None, w: dict[str, np.ndarray], shapes, channels: int,
-                 data: bytes | None = None, lo: int = 0, hi: int = 0, chunk: int = 1 << 19):
+                 data: bytes | None = None, lo: int = 0, hi: int = 0, chunk: int = 1 << 19, passes: int = 2):
     """Encode (``latents`` given) or decode (``data`` given) all levels, coarse to fine.
 
     The same function runs both directions, so the model parameters fed to the coder are computed
@@ -270,6 +352,10 @@ def code_latents(latents: list[np.ndarray] | None, w: dict[str, np.ndarray], sha
     the format only in that encoder and decoder use the same order). Returns bytes (encode) or
     the list of int32 arrays (decode), each (C, *level_shape).
     """
+    if passes == 8:
+        return _code_latents_8(latents, w, shapes, channels, data, lo, hi, chunk)
+    if passes != 2:
+        raise InputError(f"unsupported number of context passes {passes} (2 or 8)")
     enc = latents is not None
     coder = LaplaceStream(lo, hi) if enc else LaplaceReader(data, lo, hi)
     w = {k: np.asarray(v, dtype=np.float64) for k, v in w.items()}
@@ -307,6 +393,60 @@ def code_latents(latents: list[np.ndarray] | None, w: dict[str, np.ndarray], sha
     return coder.getvalue() if enc else out
 
 
+def _code_latents_8(latents, w, shapes, C: int, data, lo: int, hi: int, chunk: int):
+    """:func:`code_latents` with the 8-pass (2x2x2 sub-lattice) context: per level, coarse to fine,
+    pass by pass; a latent's features are the coarser level (value + 6 face neighbours) and those
+    of its 26 neighbours already decoded (earlier passes). Features known to be zero for a pass are
+    not computed: their weight columns are dropped and the pass one-hot is folded into the bias."""
+    enc = latents is not None
+    coder = LaplaceStream(lo, hi) if enc else LaplaceReader(data, lo, hi)
+    f32 = {k: np.asarray(v, dtype=np.float64).astype(_CTX_DTYPE) for k, v in w.items()}
+    w1, b1, w2, b2, lb = (f32[k] for k in ("ctx.l1.weight", "ctx.l1.bias", "ctx.l2.weight", "ctx.l2.bias",
+                                           "ctx.level_bias"))
+    avail = avail_table()
+    out: list[np.ndarray | None] = [None] * len(shapes)
+    for k in range(len(shapes) - 1, -1, -1):
+        shp = shapes[k]
+        pshp = tuple(n + 2 for n in shp)
+        strides = (pshp[1] * pshp[2], pshp[2], 1)
+        faces = (-strides[0], strides[0], -strides[1], strides[1], -strides[2], strides[2])
+        offs26 = [a * strides[0] + b * strides[1] + c * strides[2] for a, b, c in _OFFSETS_26]
+        co_p = np.zeros((C,) + pshp)
+        if k + 1 < len(shapes):
+            co_p[:, 1:-1, 1:-1, 1:-1] = up_numpy(out[k + 1].astype(np.float64), shp)
+        co_p = co_p.reshape(C, -1)
+        cur_p = np.zeros((C,) + pshp)
+        inner = cur_p[:, 1:-1, 1:-1, 1:-1]          # view
+        cur_flat = cur_p.reshape(C, -1)              # view
+        pm = pass_map(shp, 8)
+        flat_inner = (np.arange(shp[0])[:, None, None] + 1) * strides[0] + \
+                     (np.arange(shp[1])[None, :, None] + 1) * strides[1] + (np.arange(shp[2])[None, None, :] + 1)
+        b2k = (b2 + lb[k]).astype(_CTX_DTYPE)
+        for p in range(8):
+            mask = pm == p
+            idx_all = flat_inner[mask]
+            used = [o for o in range(26) if avail[p, o]]
+            cols = list(range(7 * C)) + [7 * C + o * C + c for o in used for c in range(C)]
+            w1p = np.ascontiguousarray(w1[:, cols])
+            b1p = (b1 + w1[:, 33 * C + p]).astype(_CTX_DTYPE)
+            vals = latents[k][:, mask].astype(np.int32) if enc else None
+            dec = np.empty((C, idx_all.size), np.int32)
+            for s0 in range(0, idx_all.size, chunk):
+                idx = idx_all[s0:s0 + chunk]
+                parts = [co_p[:, idx]] + [co_p[:, idx + o] for o in faces] + \
+                        [cur_flat[:, idx + offs26[o]] for o in used]
+                feats = np.concatenate(parts, 0).astype(_CTX_DTYPE)
+                o_ = _np_mlp(feats, w1p, b1p, w2, b2k)
+                m, sc = snap_params(o_[:C], o_[C:])
+                if enc:
+                    coder.encode(vals[:, s0:s0 + chunk], m, sc)
+                else:
+                    dec[:, s0:s0 + chunk] = coder.decode(m, sc).reshape(C, -1)
+            inner[:, mask] = vals if enc else dec
+        out[k] = np.ascontiguousarray(inner).astype(np.int32)
+    return coder.getvalue() if enc else out
+
+
 # ----------------------------------------------------------------------------- weight storage
 
 _GROUPS = ("syn.w", "syn.c", "syn.b", "ctx.w", "ctx.b")
@@ -325,7 +465,7 @@ def _group_of(name: str) -> str:
 def _arch_shapes(n_levels: int, cfg: LatentConfig) -> dict[str, tuple[int, ...]]:
     """Names and shapes of every stored network tensor, in storage order (from the architecture)."""
     syn = _make_synth(n_levels, cfg)
-    ctx = ContextModel(cfg.channels, cfg.ctx_width, n_levels)
+    ctx = ContextModel(cfg.channels, cfg.ctx_width, n_levels, cfg.ctx_passes)
     out = {f"syn.{k}": tuple(v.shape) for k, v in syn.state_dict().items()}
     out.update({f"ctx.{k}": tuple(v.shape) for k, v in ctx.state_dict().items()})
     return out
@@ -461,7 +601,7 @@ class LatentModel:
         shapes = level_shapes(shape, cfg.levels)
         L, C = len(shapes), cfg.channels
 
-        ctx = ContextModel(C, cfg.ctx_width, L).to(dev)
+        ctx = ContextModel(C, cfg.ctx_width, L, cfg.ctx_passes).to(dev)
         syn = _make_synth(L, cfg).to(dev)
         lat = [nn.Parameter(t) for t in self._init_latents(x, shapes, C, lmbda, cfg, syn)]
         self._init_context(ctx, lat)
@@ -481,14 +621,43 @@ class LatentModel:
             r0, r1 = (0, shape[0]) if rows is None else (int(rows[0]), int(rows[-1]) + 1)
             return syn(_synth_input(qs, shape, r0, r1))
 
-        def rate_bits(qs):
+        pmaps = [torch.as_tensor(pass_map(sh, cfg.ctx_passes), device=dev) for sh in shapes]
+
+        def level_bits(qs, k: int, a: int, b: int):
+            """Bits of rows [a, b) (first axis) of level k, computed on rows [a-1, b+1) so that
+            every counted latent sees its real neighbours: equal to the whole-level sum's share."""
+            lo_, hi_ = max(0, a - 1), min(shapes[k][0], b + 1)
+            rows = np.arange(lo_, hi_)
+            coarse = up_torch(qs[k + 1], shapes[k], rows) if k + 1 < L else None
+            q = qs[k][:, lo_:hi_]
+            mean, ls = ctx(ctx.features(q, coarse, pmaps[k][lo_:hi_]), k)
+            return laplace_bits(q[:, a - lo_:b - lo_], mean[:, a - lo_:b - lo_], ls[:, a - lo_:b - lo_]).sum()
+
+        def rate_bits(qs, rows=None):
+            """Bits of all latents; with ``rows`` (a slab of output rows), an unbiased estimate from
+            the matching rows of every level, scaled up (bounded memory on large volumes)."""
             bits = 0.0
             for k in range(L):
-                coarse = up_torch(qs[k + 1], shapes[k]) if k + 1 < L else None
-                hb = torch.as_tensor(parity(shapes[k]), device=dev)
-                mean, ls = ctx(ctx.features(qs[k], coarse, hb), k)
-                bits = bits + laplace_bits(qs[k], mean, ls).sum()
+                n0 = shapes[k][0]
+                if rows is None or n0 == 1:
+                    bits = bits + level_bits(qs, k, 0, n0)
+                else:
+                    r0_, r1_ = int(rows[0]), int(rows[-1]) + 1
+                    a = min(n0 - 1, r0_ * n0 // shape[0])
+                    b = max(a + 1, min(n0, -(-(r1_ * n0) // shape[0])))
+                    bits = bits + level_bits(qs, k, a, b) * (n0 / (b - a))
             return bits
+
+        def total_bits(qs) -> float:
+            """Exact bits of all latents, level by level in row chunks (no graph; bounded memory)."""
+            tot = 0.0
+            with torch.no_grad():
+                for k in range(L):
+                    n0 = shapes[k][0]
+                    step_r = max(1, cfg.max_voxels_per_step // max(1, shapes[k][1] * shapes[k][2]))
+                    for a in range(0, n0, step_r):
+                        tot += float(level_bits(qs, k, a, min(n0, a + step_r)))
+            return tot
 
         loss_v = float("nan")
         best: tuple = (math.inf, None, None, None)
@@ -497,19 +666,26 @@ class LatentModel:
             lr_f = 0.5 * (1 + math.cos(math.pi * frac))
             for g, b in zip(opt.param_groups, base_lrs):
                 g["lr"] = b * max(lr_f, 0.02)
-            if step < hard_from:
-                qs = [p + (torch.rand(p.shape, generator=gen).to(dev) - 0.5) for p in lat]
+            if step < hard_from and cfg.soft_round:
+                # C3's recipe: soft rounding with a temperature annealed from t0 to t1, plus noise;
+                # the rate sees the noisy soft-rounded value, the synthesis its soft rounding
+                t = cfg.soft_t0 * (cfg.soft_t1 / cfg.soft_t0) ** (step / max(1, hard_from))
+                noisy = [soft_round(p, t) + (torch.rand(p.shape, generator=gen).to(dev) - 0.5) for p in lat]
+                qs = [soft_round(n, t) for n in noisy]
+            elif step < hard_from:
+                qs = noisy = [p + (torch.rand(p.shape, generator=gen).to(dev) - 0.5) for p in lat]
             else:
-                qs = [p + (torch.round(p) - p).detach() for p in lat]
+                qs = noisy = [p + (torch.round(p) - p).detach() for p in lat]
             if slab < shape[0]:
                 r0 = int(torch.randint(0, shape[0] - slab + 1, (1,), generator=gen))
                 rows = np.arange(r0, r0 + slab)
                 pred = forward(qs, rows)
                 dist = torch.mean((pred - x[r0:r0 + slab]) ** 2)
+                bits = rate_bits(noisy, rows)
             else:
                 pred = forward(qs)
                 dist = torch.mean((pred - x) ** 2)
-            bits = rate_bits(qs)
+                bits = rate_bits(noisy)
             loss = dist + lmbda * bits / nvox
             loss_v = float(loss.detach())
             if step >= hard_from and loss_v < best[0]:
@@ -548,21 +724,23 @@ class LatentModel:
                     r0 = int(torch.randint(0, shape[0] - slab + 1, (1,), generator=gen))
                     rows = np.arange(r0, r0 + slab)
                     dist = torch.mean((forward(qs, rows) - x[r0:r0 + slab]) ** 2)
+                    rb = rate_bits(qs, rows)
                 else:
                     dist = torch.mean((forward(qs) - x) ** 2)
-                loss = dist + lmbda * rate_bits(qs) / nvox
+                    rb = rate_bits(qs)
+                loss = dist + lmbda * rb / nvox
                 opt2.zero_grad(set_to_none=True)
                 loss.backward()
                 opt2.step()
 
         with torch.no_grad():
             ints = [torch.round(p).detach().cpu().numpy().astype(np.int32) for p in lat]
-            est_bits = float(rate_bits([torch.as_tensor(i, dtype=torch.float32, device=dev) for i in ints]))
+            est_bits = total_bits([torch.as_tensor(i, dtype=torch.float32, device=dev) for i in ints])
         sym_lo = int(min(int(i.min()) for i in ints))
         sym_hi = int(max(int(i.max()) for i in ints))
         if sym_hi == sym_lo:
             sym_hi = sym_lo + 1
-        lat_bytes = code_latents(ints, deq, shapes, C, lo=sym_lo, hi=sym_hi)
+        lat_bytes = code_latents(ints, deq, shapes, C, lo=sym_lo, hi=sym_hi, passes=cfg.ctx_passes)
 
         # Fixed overhead matters (1 kB = 0.03 bpv on 64^3): the architecture fields are always
         # stored; the training-only fields only where they differ from LatentConfig's defaults.
@@ -579,7 +757,8 @@ class LatentModel:
         enc = Encoded(model="latent", config=conf, sections={"latents": lat_bytes, "synthesis": payload},
                       shape=orig_shape, value_range=(lo, hi))
         # honest check: decode through the real path and measure
-        dec_ints = code_latents(None, deq, shapes, C, data=lat_bytes, lo=sym_lo, hi=sym_hi)
+        dec_ints = code_latents(None, deq, shapes, C, data=lat_bytes, lo=sym_lo, hi=sym_hi,
+                                passes=cfg.ctx_passes)
         if any(not np.array_equal(a, b) for a, b in zip(ints, dec_ints)):
             raise RunError("internal error: entropy-coded latents do not round-trip")
         rec = enc.reconstruction = self.render(enc, device=str(dev))
@@ -648,13 +827,15 @@ class LatentModel:
             raise InputError(f"the latent model renders only its fitted shape {orig}, not {tuple(shape)}")
         try:
             cfg = config_from_dict(conf)
+            if "ctx_passes" not in conf:        # files written before the 8-pass context: checkerboard
+                cfg = dataclasses.replace(cfg, ctx_passes=2)
             vshape = orig + (1,) * (3 - len(orig))
             shapes = level_shapes(vshape, cfg.levels)
             lo_s, hi_s = (int(v) for v in conf["sym_range"])
             deq = unpack_nets(encoded.sections["synthesis"], conf["quant"], cfg.weight_bits,
                               _arch_shapes(len(shapes), cfg))
             ints = code_latents(None, deq, shapes, cfg.channels, data=encoded.sections["latents"],
-                                lo=lo_s, hi=hi_s)
+                                lo=lo_s, hi=hi_s, passes=cfg.ctx_passes)
         except InputError:
             raise
         except Exception as exc:  # corrupt/hostile payloads: one clear line

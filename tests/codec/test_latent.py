@@ -42,16 +42,18 @@ def _decoded_ints(enc):
     shapes = level_shapes(vshape, cfg.levels)
     w = unpack_nets(enc.sections["synthesis"], enc.config["quant"], cfg.weight_bits, _arch_shapes(len(shapes), cfg))
     lo, hi = enc.config["sym_range"]
-    return code_latents(None, w, shapes, cfg.channels, data=enc.sections["latents"], lo=lo, hi=hi), w, shapes, cfg
+    return code_latents(None, w, shapes, cfg.channels, data=enc.sections["latents"], lo=lo, hi=hi,
+                        passes=cfg.ctx_passes), w, shapes, cfg
 
 
-@pytest.fixture(scope="module")
-def tiny_fit():
+@pytest.fixture(scope="module", params=[2, 8], ids=["checkerboard", "8-pass"])
+def tiny_fit(request):
     torch.set_num_threads(1)
     vol = _phantom()
     calls = []
-    enc = LatentModel().fit(vol, make_config("latent-tiny", steps=30), device="cpu",
+    enc = LatentModel().fit(vol, make_config("latent-tiny", steps=30, ctx_passes=request.param), device="cpu",
                             progress=lambda s, t, i: calls.append((s, t, i)))
+    assert enc.config["ctx_passes"] == request.param
     return vol, enc, calls
 
 
@@ -74,7 +76,7 @@ def test_latents_round_trip_bit_exact(tiny_fit):
     assert [i.shape[1:] for i in ints] == shapes
     assert any(np.any(i != 0) for i in ints)
     lo, hi = enc.config["sym_range"]
-    again = code_latents(ints, w, shapes, cfg.channels, lo=lo, hi=hi)
+    again = code_latents(ints, w, shapes, cfg.channels, lo=lo, hi=hi, passes=cfg.ctx_passes)
     assert again == enc.sections["latents"]
     ints2, *_ = _decoded_ints(enc)
     for a, b in zip(ints, ints2):
@@ -162,3 +164,64 @@ def test_target_psnr_search_gets_close():
                             device="cpu")
     assert abs(enc.stats["psnr"] - 30.0) <= 1.0, enc.stats.get("search")
     assert len(enc.stats["search"]) >= 2
+
+
+def test_pass_orders_are_causal_and_cover_every_neighbour_pair():
+    """Every latent of a level is coded in exactly one pass; for any two neighbours exactly one
+    sees the other (it is coded earlier); the first pass sees no neighbour of its level."""
+    from inrv.codec.latent import _OFFSETS_26, avail_table, pass_map
+
+    av = avail_table()
+    assert not av[0].any() and av[-1].all()
+    pm = pass_map((6, 5, 4), 8)
+    assert sorted(np.unique(pm)) == list(range(8))
+    for i, j, k in np.ndindex(*pm.shape):
+        for o, (a, b, c) in enumerate(_OFFSETS_26):
+            n = (i + a, j + b, k + c)
+            if not all(0 <= v < s for v, s in zip(n, pm.shape)):
+                continue
+            back = _OFFSETS_26.index((-a, -b, -c))
+            assert av[pm[i, j, k], o] == (pm[n] < pm[i, j, k])
+            assert av[pm[i, j, k], o] != av[pm[n], back]
+    cb = pass_map((4, 4, 4), 2)
+    assert set(np.unique(cb)) == {0, 1} and cb.sum() == 32
+    with pytest.raises(InputError):
+        pass_map((4, 4, 4), 3)
+
+
+def test_soft_round_goes_from_identity_to_round():
+    from inrv.codec.latent import soft_round
+
+    away = torch.tensor([-2.3, -0.8, 0.1, 0.4, 1.7, 2.05])     # not near a half-integer
+    assert torch.allclose(soft_round(away, 0.01), torch.round(away), atol=1e-4)
+    x = torch.linspace(-3.2, 3.2, 101)
+    soft = soft_round(x, 10.0)
+    assert (soft - x).abs().max() < 0.01
+    mid = soft_round(x, 0.2)
+    assert torch.all(mid[1:] >= mid[:-1])                      # monotone
+    half = torch.tensor([0.5, 1.5, -0.5])
+    assert torch.allclose(soft_round(half, 0.2), half)        # fixed points at half-integers
+
+
+def test_slab_training_bounds_memory_and_keeps_the_rate_honest():
+    """A volume larger than max_voxels_per_step trains on random slabs (distortion and rate);
+    the coded size still matches the training estimate and the render covers the whole volume."""
+    torch.set_num_threads(1)
+    vol = _phantom((40, 18, 16), seed=3)
+    cfg = make_config("latent-tiny", steps=30, polish_steps=3, max_voxels_per_step=18 * 16 * 6, ctx_passes=8)
+    enc = LatentModel().fit(vol, cfg, device="cpu")
+    st = enc.stats
+    assert abs(st["bits_estimated"] - st["bits_actual"]) <= 0.05 * st["bits_actual"] + 256
+    out = LatentModel().render(enc)
+    assert out.shape == vol.shape
+    assert psnr(vol, np.clip(np.rint(out), 0, 255)) == pytest.approx(st["psnr"], abs=1e-6)
+    assert st["psnr"] > 20
+
+
+def test_soft_rounding_training_codes_exactly():
+    torch.set_num_threads(1)
+    vol = _phantom((20, 18, 16), seed=5)
+    enc = LatentModel().fit(vol, make_config("latent-tiny", steps=24, soft_round=True), device="cpu")
+    ints, *_ = _decoded_ints(enc)
+    assert any(np.any(i != 0) for i in ints)
+    assert enc.stats["psnr"] > 20
