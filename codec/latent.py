@@ -43,7 +43,7 @@ from .quant import dequantize_state, quantize_state
 FORMAT_VERSION = 1
 # config fields the decoder needs; always written to Encoded.config
 _ARCH_FIELDS = ("model", "levels", "channels", "synth_width", "synth_layers", "conv_channels", "ctx_width",
-                "weight_bits", "ctx_passes")
+                "weight_bits", "ctx_passes", "upsample")
 
 
 # ----------------------------------------------------------------------------- geometry helpers
@@ -86,6 +86,42 @@ def up_torch(x: torch.Tensor, out: tuple[int, ...], rows: np.ndarray | None = No
         a = x.index_select(ax + 1, torch.as_tensor(i0, device=x.device))
         b = x.index_select(ax + 1, torch.as_tensor(i1, device=x.device))
         x = a + (b - a) * wt
+    return x
+
+
+def _interp_cubic(n_in: int, n_out: int, rows: np.ndarray | None = None):
+    """Taps (4 index arrays) and weights (4 arrays) of cell-centred cubic (Keys, a = -1/2)
+    interpolation from ``n_in`` to ``n_out`` samples, edge-clamped; float64 numpy."""
+    i = np.arange(n_out, dtype=np.float64) if rows is None else np.asarray(rows, dtype=np.float64)
+    src = np.clip((i + 0.5) * (n_in / n_out) - 0.5, 0.0, n_in - 1.0)
+    f = np.floor(src)
+    t = src - f
+    f = f.astype(np.int64)
+    idx = [np.clip(f + d, 0, n_in - 1) for d in (-1, 0, 1, 2)]
+    w = [((-0.5 * t + 1.0) * t - 0.5) * t,
+         (1.5 * t - 2.5) * t * t + 1.0,
+         ((-1.5 * t + 2.0) * t + 0.5) * t,
+         (0.5 * t - 0.5) * t * t]
+    return idx, w
+
+
+def up_cubic_torch(x: torch.Tensor, out: tuple[int, ...], rows: np.ndarray | None = None) -> torch.Tensor:
+    """Like :func:`up_torch` with cubic (Keys) interpolation: smoother basis functions for the
+    coarse latent levels of the synthesis."""
+    for ax in range(3):
+        n_in, n_out = x.shape[ax + 1], out[ax]
+        r = rows if ax == 0 else None
+        if n_in == n_out and r is None:
+            continue
+        idx, w = _interp_cubic(n_in, n_out, r)
+        shape = [1, 1, 1, 1]
+        shape[ax + 1] = len(w[0])
+        acc = None
+        for ii, ww in zip(idx, w):
+            term = x.index_select(ax + 1, torch.as_tensor(ii, device=x.device)) * \
+                torch.as_tensor(ww, dtype=x.dtype, device=x.device).view(shape)
+            acc = term if acc is None else acc + term
+        x = acc
     return x
 
 
@@ -252,13 +288,14 @@ class Synthesis(nn.Module):
         return self.skip(torch.cat([feats, h], 0)[None])[0, 0]
 
 
-def _synth_input(qs, shape, r0: int, r1: int) -> torch.Tensor:
+def _synth_input(qs, shape, r0: int, r1: int, upsample: str = "linear") -> torch.Tensor:
     """Upsampled latents for output rows ``[r0, r1)`` of axis 0 plus a ``Synthesis.HALO`` halo:
     real neighbouring rows inside the volume, edge replication outside it (so a slab-by-slab
     render equals a whole-volume render)."""
     h = Synthesis.HALO
     lo, hi = max(0, r0 - h), min(shape[0], r1 + h)
-    f = torch.cat([up_torch(q, shape, np.arange(lo, hi)) for q in qs], 0)
+    up = up_cubic_torch if upsample == "cubic" else up_torch
+    f = torch.cat([up(q, shape, np.arange(lo, hi)) for q in qs], 0)
     pad = (h, h, h, h, h - (r0 - lo), h - (hi - r1))
     return torch.nn.functional.pad(f[None], pad, mode="replicate")[0]
 
@@ -527,6 +564,9 @@ class LatentModel:
             raise InputError("the volume contains NaN or infinite values")
         if cfg.target_bpv is not None and cfg.target_psnr is not None:
             raise InputError("give target_bpv or target_psnr, not both")
+        if cfg.upsample not in ("linear", "cubic"):
+            raise InputError(f"unknown upsampling {cfg.upsample!r} (linear or cubic)")
+        pass_map((1, 1, 1), cfg.ctx_passes)       # validates ctx_passes
         dev = resolve_device(device)
         t0 = time.time()
         if cfg.target_bpv is None and cfg.target_psnr is None:
@@ -619,7 +659,7 @@ class LatentModel:
 
         def forward(qs, rows=None):
             r0, r1 = (0, shape[0]) if rows is None else (int(rows[0]), int(rows[-1]) + 1)
-            return syn(_synth_input(qs, shape, r0, r1))
+            return syn(_synth_input(qs, shape, r0, r1, cfg.upsample))
 
         pmaps = [torch.as_tensor(pass_map(sh, cfg.ctx_passes), device=dev) for sh in shapes]
 
@@ -799,7 +839,8 @@ class LatentModel:
                 res = (x - recon)[None, None]
                 lv = torch.nn.functional.adaptive_avg_pool3d(res, shapes[k])[0] / delta
                 out[k][0] = lv[0]
-                recon = recon + up_torch(lv, shape)[0] * delta
+                up = up_cubic_torch if cfg.upsample == "cubic" else up_torch
+                recon = recon + up(lv, shape)[0] * delta
                 syn.skip.weight[0, k * C, 1, 1, 1] = delta
         return out
 
@@ -829,6 +870,8 @@ class LatentModel:
             cfg = config_from_dict(conf)
             if "ctx_passes" not in conf:        # files written before the 8-pass context: checkerboard
                 cfg = dataclasses.replace(cfg, ctx_passes=2)
+            if "upsample" not in conf:          # ... and before cubic synthesis upsampling
+                cfg = dataclasses.replace(cfg, upsample="linear")
             vshape = orig + (1,) * (3 - len(orig))
             shapes = level_shapes(vshape, cfg.levels)
             lo_s, hi_s = (int(v) for v in conf["sym_range"])
@@ -850,7 +893,7 @@ class LatentModel:
         with torch.no_grad():
             for r0 in range(0, vshape[0], rows_per):
                 r1 = min(vshape[0], r0 + rows_per)
-                out[r0:r1] = syn(_synth_input(lat, vshape, r0, r1)).cpu().numpy()
+                out[r0:r1] = syn(_synth_input(lat, vshape, r0, r1, cfg.upsample)).cpu().numpy()
         lo, hi = encoded.value_range
         span = hi - lo if hi > lo else 1.0
         res = out.astype(np.float64) * span + lo

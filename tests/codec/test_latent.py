@@ -225,3 +225,32 @@ def test_soft_rounding_training_codes_exactly():
     ints, *_ = _decoded_ints(enc)
     assert any(np.any(i != 0) for i in ints)
     assert enc.stats["psnr"] > 20
+
+
+def test_cubic_upsampling_slab_equals_whole_and_keeps_constants():
+    from inrv.codec.latent import up_cubic_torch
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 7, 3, generator=g)
+    whole = up_cubic_torch(x, (19, 14, 3))
+    np.testing.assert_array_equal(whole[:, 4:11].numpy(), up_cubic_torch(x, (19, 14, 3), np.arange(4, 11)).numpy())
+    ones = up_cubic_torch(torch.ones(1, 5, 7, 3), (19, 14, 3))
+    assert torch.allclose(ones, torch.ones_like(ones), atol=1e-6)
+    ramp = torch.arange(8, dtype=torch.float64)[None, :, None, None].expand(1, 8, 2, 2)
+    up = up_cubic_torch(ramp, (16, 2, 2))[0, 3:-3, 0, 0]     # a ramp is reproduced away from the edges
+    expect = (torch.arange(16, dtype=torch.float64) + 0.5) / 2 - 0.5
+    assert torch.allclose(up, expect[3:-3], atol=1e-9)
+
+
+def test_files_without_new_arch_fields_decode_as_checkerboard_linear():
+    """Files written before ``ctx_passes`` / ``upsample`` existed decode with the old defaults."""
+    vol = _phantom((16, 14, 12), seed=2)
+    enc = LatentModel().fit(vol, make_config("latent-tiny", steps=10, polish_steps=0), device="cpu")
+    ref = LatentModel().render(enc)
+    old = dict(enc.config)
+    assert old.pop("ctx_passes") == 2 and old.pop("upsample") == "linear"
+    enc.config = old
+    np.testing.assert_array_equal(LatentModel().render(enc), ref)
+    bad = dict(enc.config, upsample="sinc")
+    with pytest.raises(InputError):
+        LatentModel().fit(vol, config_from_dict(bad))
