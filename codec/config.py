@@ -74,6 +74,7 @@ class LatentConfig:
     max_voxels_per_step: int = 1 << 22  # larger volumes train on random slabs of the first axis
     soft_round: bool = False        # noise phase: C3-style annealed soft rounding (+ noise) instead of noise alone
     soft_t0: float = 0.3            # soft-rounding temperature at the start ...
+    noise_a0: float = 1.0           # soft-rounding phase: Kumaraswamy noise shape at the start, annealed to 1 (uniform)
     soft_t1: float = 0.1            # ... and at the switch to hard rounding (geometric annealing)
     init_scale: float = 1.0         # latents start as a Laplacian pyramid with step ~ sqrt(lmbda); 0 = zeros
 

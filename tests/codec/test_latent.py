@@ -254,3 +254,15 @@ def test_files_without_new_arch_fields_decode_as_checkerboard_linear():
     bad = dict(enc.config, upsample="sinc")
     with pytest.raises(InputError):
         LatentModel().fit(vol, config_from_dict(bad))
+
+
+def test_kumaraswamy_noise_is_bounded_and_anneals_to_uniform():
+    from inrv.codec.latent import _kumaraswamy
+
+    g = torch.Generator().manual_seed(1)
+    uni = _kumaraswamy((50000,), 1.0, g)
+    peaked = _kumaraswamy((50000,), 2.0, g)
+    for x in (uni, peaked):
+        assert x.min() >= -0.5 and x.max() <= 0.5
+    assert abs(float(uni.std()) - 12 ** -0.5) < 0.005            # uniform on [-1/2, 1/2]
+    assert float(peaked.std()) < float(uni.std()) - 0.05          # a > 1: concentrated near 0
