@@ -269,11 +269,46 @@ def _slab_cores(m0: int, m1: int, m2: int, max_cells: int, halo: int):
     return [(c, min(m0, c + t)) for c in range(0, m0, t)]
 
 
+def _query_range(net, feat, zf, e0: int, w: int, lr_shape, out_shape, lo: int, hi: int, out: np.ndarray,
+                 device, chunk: int, amp, workers: int = 1) -> None:
+    """Decode full-res flat indices ``lo:hi`` of ``out_shape`` into ``out[lo:hi]`` from the features of
+    low-res rows ``e0:e0+w``, in chunks of ``chunk`` points. ``workers`` > 1 (CPU only): the chunks are
+    shared among that many threads running one torch thread each, which keeps both cores of a
+    2-core machine busy on these small operations better than torch's own threads do (chunks are
+    independent, so the values do not change)."""
+    import torch
+
+    def run(s: int) -> None:
+        with torch.no_grad():           # grad mode is per thread
+            idx = torch.arange(s, min(hi, s + chunk), device=device)
+            with amp:
+                v = _query_window(net, feat, zf, e0, w, lr_shape, idx, out_shape)
+            out[s:s + len(idx)] = v.float().cpu().numpy()
+
+    starts = range(lo, hi, chunk)
+    workers = min(int(workers), len(starts))
+    if workers <= 1 or device.type != "cpu":
+        for s in starts:
+            run(s)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    own = torch.get_num_threads()
+    ex = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
+    try:
+        for _ in ex.map(run, starts):
+            pass
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)     # on an error or Ctrl-C: no queued chunk starts
+        torch.set_num_threads(own)      # in case this build's thread setting is process-wide
+
+
 def _predict(net, lr_shape, out_shape, device, chunk: int | None = None, cfg: PaperConfig | None = None,
              max_cells: int | None = None) -> np.ndarray:
     """Decode the whole ``out_shape`` grid, streaming: the low-res rows are cut into slabs (at most
     ``max_cells`` low-res cells each, plus the encoder's halo), and each slab's full-res voxels are
-    queried in chunks of ``chunk`` points. The result equals decoding everything at once."""
+    queried in chunks of ``chunk`` points (on the CPU spread over ``torch.get_num_threads()`` worker
+    threads, see :func:`_query_range`). The result equals decoding everything at once."""
     import torch
 
     chunk = RENDER_CHUNK if chunk is None else chunk
@@ -284,6 +319,7 @@ def _predict(net, lr_shape, out_shape, device, chunk: int | None = None, cfg: Pa
     plane = n1 * n2
     out = np.empty(n0 * plane, dtype=np.float32)
     amp = _amp(device, cfg) if cfg is not None else _amp(device, PaperConfig(amp=False))
+    workers = torch.get_num_threads() if device.type == "cpu" else 1
     with torch.no_grad():
         for c0, c1 in cores:
             r0, r1 = _slab_rows(m0, n0, c0, c1)
@@ -294,11 +330,8 @@ def _predict(net, lr_shape, out_shape, device, chunk: int | None = None, cfg: Pa
             with amp:
                 feat = net.srno.encoder(z)
             zf = z.reshape(-1)
-            for s in range(r0 * plane, r1 * plane, chunk):
-                idx = torch.arange(s, min(r1 * plane, s + chunk), device=device)
-                with amp:
-                    v = _query_window(net, feat, zf, e0, e1 - e0, lr_shape, idx, out_shape)
-                out[s:s + len(idx)] = v.float().cpu().numpy()
+            _query_range(net, feat, zf, e0, e1 - e0, lr_shape, out_shape, r0 * plane, r1 * plane, out, device,
+                         chunk, amp, workers)
     return out.reshape(out_shape)
 
 
