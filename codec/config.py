@@ -66,13 +66,13 @@ class LatentConfig:
     ctx_passes: int = 2             # entropy-model coding passes per level: 2 (checkerboard) or 8 (2x2x2 sub-lattices)
     ctx_width: int = 16             # entropy-model (context) MLP hidden width
     net_lr: float = 2e-3            # Adam learning rate of the synthesis network
-    hard_frac: float = 0.5          # last fraction of steps trained with hard (straight-through) rounding
+    hard_frac: float = 0.2          # last fraction of steps trained with hard (straight-through) rounding
     polish_steps: int = 50          # latent-only steps after the networks are quantised
     weight_bits: int = 8            # quantisation of the stored network weights
     search_steps: int | None = None     # steps per lambda-search fit (None: same as steps)
     search_iters: int = 6           # lambda-search fits at most
     max_voxels_per_step: int = 1 << 22  # larger volumes train on random slabs of the first axis
-    soft_round: bool = False        # noise phase: C3-style annealed soft rounding (+ noise) instead of noise alone
+    soft_round: bool = True         # noise phase: C3-style annealed soft rounding (+ noise); False = noise alone
     soft_t0: float = 0.3            # soft-rounding temperature at the start ...
     noise_a0: float = 1.0           # soft-rounding phase: Kumaraswamy noise shape at the start, annealed to 1 (uniform)
     soft_t1: float = 0.1            # ... and at the switch to hard rounding (geometric annealing)
