@@ -328,24 +328,8 @@ def _np_context(w: dict[str, np.ndarray], feats: np.ndarray, level: int,
     f = feats.reshape(feats.shape[0], -1)            # (F, n)
     w1, b1, w2, b2, lb = (w[k].astype(_CTX_DTYPE) for k in ("ctx.l1.weight", "ctx.l1.bias", "ctx.l2.weight",
                                                               "ctx.l2.bias", "ctx.level_bias"))
-    n = f.shape[1]
     nf = f.shape[0] if n_used is None else n_used
-    tmp = np.empty(n, _CTX_DTYPE)
-    h = np.empty((w1.shape[0], n), _CTX_DTYPE)
-    for j in range(w1.shape[0]):
-        acc = h[j]
-        acc.fill(b1[j])
-        for i in range(nf):
-            np.multiply(f[i], w1[j, i], out=tmp)
-            np.add(acc, tmp, out=acc)
-        np.maximum(acc, 0.0, out=acc)
-    out = np.empty((w2.shape[0], n), _CTX_DTYPE)
-    for j in range(w2.shape[0]):
-        acc = out[j]
-        acc.fill(b2[j] + lb[level, j])
-        for i in range(h.shape[0]):
-            np.multiply(h[i], w2[j, i], out=tmp)
-            np.add(acc, tmp, out=acc)
+    out = _np_mlp(f, w1[:, :nf], b1, w2, (b2 + lb[level]).astype(_CTX_DTYPE))
     c = w2.shape[0] // 2
     shp = (c,) + feats.shape[1:]
     return out[:c].reshape(shp), out[c:].reshape(shp)
