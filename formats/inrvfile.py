@@ -52,6 +52,12 @@ class InrvFile:
 
 # --------------------------------------------------------------------------- writing
 
+#: the encode-time figures a file keeps (what ``inrv info`` shows and what users compare). The rest
+#: of ``Encoded.stats`` (training diagnostics: losses, byte counts, lambda searches) stays in memory:
+#: every header byte is rate (0.1 kB is 0.003 bits/voxel on a 64^3 volume).
+STORED_STATS = ("psnr", "ssim", "max_abs_err", "data_range", "encode_seconds", "device", "steps", "lossless_check")
+
+
 def build_header(encoded: Encoded, volume: Volume) -> dict[str, Any]:
     """The header map for ``encoded`` fitted on ``volume`` (voxels are not stored, only facts)."""
     from .. import __version__
@@ -85,8 +91,9 @@ def build_header(encoded: Encoded, volume: Volume) -> dict[str, Any]:
         ih["u"] = str(it.units)
     h["i"] = ih
     h["src"] = dict(volume.source) if volume.source else {"kind": "array"}
-    if encoded.stats:
-        h["st"] = dict(encoded.stats)
+    st = {k: v for k, v in (encoded.stats or {}).items() if k in STORED_STATS}
+    if st:
+        h["st"] = st
     # validate what we are about to write with the reader's own rules (never write an unreadable file)
     _parse(h, DEFAULT_LIMITS)
     return h

@@ -46,7 +46,7 @@ def make_encoded(shape=SHAPE, **kw) -> Encoded:
                 sections={"weights": bytes(range(256)) * 8, "meta": b"\x01\x02"},
                 shape=shape, value_range=(-1024.0, 3071.0),
                 stats={"psnr": 41.25, "ssim": 0.97, "max_abs_err": 33.0, "lossless_check": math.inf,
-                       "device": "cpu", "search": [{"bpv": 0.5}]})
+                       "device": "cpu"})
     args.update(kw)
     return Encoded(**args)
 
@@ -321,3 +321,12 @@ def test_info_is_torch_free(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_only_the_encode_time_figures_are_stored(tmp_path):
+    """Training diagnostics stay in memory; the file keeps the figures `inrv info` shows (header bytes are rate)."""
+    vol = make_volume()
+    enc = make_encoded(stats={"psnr": 30.5, "ssim": 0.9, "bits_estimated": 123.4, "search": [{"bpv": 0.5}],
+                              "final_loss": 0.01})
+    write_inrv(tmp_path / "a.inrv", enc, vol)
+    assert read_inrv(tmp_path / "a.inrv").encoded.stats == {"psnr": 30.5, "ssim": 0.9}
