@@ -63,7 +63,7 @@ class LatentConfig:
     synth_layers: int = 1           # synthesis MLP hidden layers
     conv_channels: int = 4          # channels into the synthesis' final 3x3x3 convolution
     upsample: str = "linear"        # latent upsampling into the synthesis: "linear" or "cubic" (Keys)
-    ctx_passes: int = 2             # entropy-model coding passes per level: 2 (checkerboard) or 8 (2x2x2 sub-lattices)
+    ctx_passes: int = 8             # entropy-model coding passes per level: 2 (checkerboard) or 8 (2x2x2 sub-lattices)
     ctx_width: int = 16             # entropy-model (context) MLP hidden width
     net_lr: float = 2e-3            # Adam learning rate of the synthesis network
     hard_frac: float = 0.2          # last fraction of steps trained with hard (straight-through) rounding

@@ -429,6 +429,16 @@ def _code_latents_8(latents, w, shapes, C: int, data, lo: int, hi: int, chunk: i
     pass by pass; a latent's features are the coarser level (value + 6 face neighbours) and those
     of its 26 neighbours already decoded (earlier passes). Features known to be zero for a pass are
     not computed: their weight columns are dropped and the pass one-hot is folded into the bias."""
+    workers = max(1, min(8, torch.get_num_threads()))
+    if workers > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers) as pool:
+            return _code_8(latents, w, shapes, C, data, lo, hi, min(chunk, 1 << 17), pool)
+    return _code_8(latents, w, shapes, C, data, lo, hi, chunk, None)
+
+
+def _code_8(latents, w, shapes, C: int, data, lo: int, hi: int, chunk: int, pool):
     enc = latents is not None
     coder = LaplaceStream(lo, hi) if enc else LaplaceReader(data, lo, hi)
     f32 = {k: np.asarray(v, dtype=np.float64).astype(_CTX_DTYPE) for k, v in w.items()}
@@ -462,13 +472,23 @@ def _code_latents_8(latents, w, shapes, C: int, data, lo: int, hi: int, chunk: i
             b1p = (b1 + w1[:, 33 * C + p]).astype(_CTX_DTYPE)
             vals = latents[k][:, mask].astype(np.int32) if enc else None
             dec = np.empty((C, idx_all.size), np.int32)
-            for s0 in range(0, idx_all.size, chunk):
+
+            def params(s0, idx_all=idx_all, used=used, w1p=w1p, b1p=b1p, b2k=b2k):
                 idx = idx_all[s0:s0 + chunk]
                 parts = [co_p[:, idx]] + [co_p[:, idx + o] for o in faces] + \
                         [cur_flat[:, idx + offs26[o]] for o in used]
                 feats = np.concatenate(parts, 0).astype(_CTX_DTYPE)
                 o_ = _np_mlp(feats, w1p, b1p, w2, b2k)
-                m, sc = snap_params(o_[:C], o_[C:])
+                return snap_params(o_[:C], o_[C:])
+
+            # a pass reads only earlier passes, so the parameters of all its chunks can be computed
+            # at once, in parallel (numpy releases the GIL); the coder then runs through them in order
+            starts = list(range(0, idx_all.size, chunk))
+            if pool is not None and len(starts) > 1:
+                plist = list(pool.map(params, starts))
+            else:
+                plist = [params(s0) for s0 in starts]
+            for s0, (m, sc) in zip(starts, plist):
                 if enc:
                     coder.encode(vals[:, s0:s0 + chunk], m, sc)
                 else:

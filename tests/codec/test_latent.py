@@ -245,7 +245,7 @@ def test_cubic_upsampling_slab_equals_whole_and_keeps_constants():
 def test_files_without_new_arch_fields_decode_as_checkerboard_linear():
     """Files written before ``ctx_passes`` / ``upsample`` existed decode with the old defaults."""
     vol = _phantom((16, 14, 12), seed=2)
-    enc = LatentModel().fit(vol, make_config("latent-tiny", steps=10, polish_steps=0), device="cpu")
+    enc = LatentModel().fit(vol, make_config("latent-tiny", steps=10, polish_steps=0, ctx_passes=2), device="cpu")
     ref = LatentModel().render(enc)
     old = dict(enc.config)
     assert old.pop("ctx_passes") == 2 and old.pop("upsample") == "linear"
@@ -266,3 +266,26 @@ def test_kumaraswamy_noise_is_bounded_and_anneals_to_uniform():
         assert x.min() >= -0.5 and x.max() <= 0.5
     assert abs(float(uni.std()) - 12 ** -0.5) < 0.005            # uniform on [-1/2, 1/2]
     assert float(peaked.std()) < float(uni.std()) - 0.05          # a > 1: concentrated near 0
+
+
+def test_8_pass_coding_is_independent_of_threads_and_chunks():
+    """The 8-pass coder computes a pass's parameters in parallel chunks: the bytes must not depend
+    on the number of threads or the chunk size, and decoding must return the latents exactly."""
+    from inrv.codec.latent import _arch_shapes
+
+    cfg = make_config("latent-tiny", ctx_passes=8)
+    shapes = level_shapes((13, 11, 9), cfg.levels)
+    rng = np.random.default_rng(7)
+    w = {k: rng.normal(0, 0.3, s).astype(np.float32) for k, s in _arch_shapes(len(shapes), cfg).items()}
+    ints = [np.clip(np.rint(rng.laplace(0, 1.5, (1,) + s)), -9, 9).astype(np.int32) for s in shapes]
+    own = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        ref = code_latents(ints, w, shapes, 1, lo=-9, hi=9, passes=8)
+        torch.set_num_threads(2)
+        assert code_latents(ints, w, shapes, 1, lo=-9, hi=9, passes=8, chunk=16) == ref
+        out = code_latents(None, w, shapes, 1, data=ref, lo=-9, hi=9, passes=8, chunk=5)
+    finally:
+        torch.set_num_threads(own)
+    for a, b in zip(ints, out):
+        np.testing.assert_array_equal(a, b)
