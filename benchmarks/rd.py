@@ -388,7 +388,8 @@ def plot(rows: list[Row], vname: str, out_dir: str) -> list[str]:
         ax.set_xscale("log")
         ax.set_xticks([0.1, 0.25, 0.5, 1, 2, 4, 8])
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.set_xlim(0.08, 9)
+        lows = [p.bpv for pts in cs.values() for p in pts if p.kind != "lossless" and p.bpv > 0]
+        ax.set_xlim(min([0.08] + [0.9 * b for b in lows]), 9)     # every measured point stays visible
         if metric == "psnr":   # near-lossless points (> 60 dB) would squash the useful range
             ax.set_ylim(max(ax.get_ylim()[0], 10), min(ax.get_ylim()[1], 60))
         else:
