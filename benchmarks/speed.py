@@ -124,7 +124,7 @@ def run_volume(args, device: str) -> dict:
     return {
         "input": str(src), "shape": list(x.shape), "device": device, "preset": args.preset, "overrides": over,
         "reduced_scale": reduced, "steps": st.get("steps"), "train_seconds": st.get("train_seconds"),
-        "seconds_per_step": st["train_seconds"] / max(1, st.get("steps") or 1),
+        "seconds_per_step": (st["train_seconds"] / max(1, st.get("steps") or 1)) if st.get("train_seconds") else None,
         "encode_s": enc_s, "decode_s": dec_s, "decode_cpu_s": dec_cpu_s, "cpu_threads": args.cpu_threads,
         "peak_gpu_gb": peak_gpu, "peak_rss_mb": _rss_mb(), "psnr": q.get("psnr"), "ssim": q.get("ssim"),
         "bpv": 8.0 * nbytes / x.size, "file_bytes": nbytes, "params": st.get("params"),

@@ -55,7 +55,8 @@ class InrvFile:
 #: the encode-time figures a file keeps (what ``inrv info`` shows and what users compare). The rest
 #: of ``Encoded.stats`` (training diagnostics: losses, byte counts, lambda searches) stays in memory:
 #: every header byte is rate (0.1 kB is 0.003 bits/voxel on a 64^3 volume).
-STORED_STATS = ("psnr", "ssim", "max_abs_err", "data_range", "encode_seconds", "device", "steps", "lossless_check")
+STORED_STATS = ("psnr", "ssim", "max_abs_err", "data_range", "encode_seconds", "device", "steps", "lossless_check",
+                "train_seconds", "params", "blocks", "active_blocks")
 
 
 def build_header(encoded: Encoded, volume: Volume) -> dict[str, Any]:
