@@ -68,7 +68,7 @@ class LatentConfig:
     net_lr: float = 2e-3            # Adam learning rate of the synthesis network
     hard_frac: float = 0.2          # last fraction of steps trained with hard (straight-through) rounding
     polish_steps: int = 50          # latent-only steps after the networks are quantised
-    weight_bits: int = 8            # quantisation of the stored network weights
+    weight_bits: int | None = None  # network weight precision (2..16); None = 8, 10 or 12, whichever costs least
     search_steps: int | None = None     # steps per lambda-search fit (None: same as steps)
     search_iters: int = 6           # lambda-search fits at most
     max_voxels_per_step: int = 1 << 22  # larger volumes train on random slabs of the first axis

@@ -289,3 +289,14 @@ def test_8_pass_coding_is_independent_of_threads_and_chunks():
         torch.set_num_threads(own)
     for a, b in zip(ints, out):
         np.testing.assert_array_equal(a, b)
+
+
+def test_weight_bits_are_chosen_by_measurement_unless_given():
+    torch.set_num_threads(1)
+    vol = _phantom((16, 14, 12), seed=4)
+    auto = LatentModel().fit(vol, make_config("latent-tiny", steps=12, polish_steps=0), device="cpu")
+    assert auto.config["weight_bits"] in (8, 10, 12)
+    fixed = LatentModel().fit(vol, make_config("latent-tiny", steps=12, polish_steps=0, weight_bits=6), device="cpu")
+    assert fixed.config["weight_bits"] == 6
+    for enc in (auto, fixed):     # the stored precision is the one the decoder uses
+        np.testing.assert_array_equal(LatentModel().render(enc), enc.reconstruction)
