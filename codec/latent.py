@@ -373,6 +373,34 @@ def _gather_features(co_p: np.ndarray, cur_p: np.ndarray | None, idx: np.ndarray
     return np.concatenate(parts, 0).astype(_CTX_DTYPE)
 
 
+def _level_grid(out, k: int, shapes, C: int):
+    """Working grids of level ``k`` for the coder: strides of the zero-padded grid, the coarser level
+    (already decoded) upsampled onto it (flat, float64), the padded grid this level is decoded into,
+    its interior view, and the padded flat index of every interior cell (C order)."""
+    shp = shapes[k]
+    pshp = tuple(n + 2 for n in shp)
+    strides = (pshp[1] * pshp[2], pshp[2], 1)
+    co_p = np.zeros((C,) + pshp)
+    if k + 1 < len(shapes):
+        co_p[:, 1:-1, 1:-1, 1:-1] = up_numpy(out[k + 1].astype(np.float64), shp)
+    cur_p = np.zeros((C,) + pshp)
+    flat_inner = (np.arange(shp[0])[:, None, None] + 1) * strides[0] + \
+                 (np.arange(shp[1])[None, :, None] + 1) * strides[1] + (np.arange(shp[2])[None, None, :] + 1)
+    return strides, co_p.reshape(C, -1), cur_p, cur_p[:, 1:-1, 1:-1, 1:-1], flat_inner
+
+
+def _code_pass(coder, vals, plist, chunk: int, C: int, n: int):
+    """Range-code one pass, chunk by chunk in order, with its snapped (mean, scale) per chunk: encode
+    ``vals`` (C, n), or (``vals`` None) decode and return the (C, n) int32 latents."""
+    dec = None if vals is not None else np.empty((C, n), np.int32)
+    for s0, (m, sc) in zip(range(0, n, chunk), plist):
+        if vals is not None:
+            coder.encode(vals[:, s0:s0 + chunk], m, sc)
+        else:
+            dec[:, s0:s0 + chunk] = coder.decode(m, sc).reshape(C, -1)
+    return vals if vals is not None else dec
+
+
 def code_latents(latents: list[np.ndarray] | None, w: dict[str, np.ndarray], shapes, channels: int,
                  data: bytes | None = None, lo: int = 0, hi: int = 0, chunk: int = 1 << 19, passes: int = 2):
     """Encode (``latents`` given) or decode (``data`` given) all levels, coarse to fine.
@@ -393,33 +421,19 @@ def code_latents(latents: list[np.ndarray] | None, w: dict[str, np.ndarray], sha
     C = channels
     out: list[np.ndarray | None] = [None] * len(shapes)
     for k in range(len(shapes) - 1, -1, -1):
-        shp = shapes[k]
-        pshp = tuple(n + 2 for n in shp)
-        strides = (pshp[1] * pshp[2], pshp[2], 1)
-        co_p = np.zeros((C,) + pshp)
-        if k + 1 < len(shapes):
-            co_p[:, 1:-1, 1:-1, 1:-1] = up_numpy(out[k + 1].astype(np.float64), shp)
-        co_p = co_p.reshape(C, -1)
-        cur_p = np.zeros((C,) + pshp)
-        inner = cur_p[:, 1:-1, 1:-1, 1:-1]          # view
-        hb = parity(shp)
-        flat_inner = (np.arange(shp[0])[:, None, None] + 1) * strides[0] + \
-                     (np.arange(shp[1])[None, :, None] + 1) * strides[1] + (np.arange(shp[2])[None, None, :] + 1)
+        strides, co_p, cur_p, inner, flat_inner = _level_grid(out, k, shapes, C)
+        hb = parity(shapes[k])
         for half in (False, True):
             mask = hb if half else ~hb
             idx_all = flat_inner[mask]                  # padded flat indices, C order
-            vals = latents[k][:, mask].astype(np.int32) if enc else None
-            dec = np.empty((C, idx_all.size), np.int32)
+            plist = []
             for s0 in range(0, idx_all.size, chunk):
-                idx = idx_all[s0:s0 + chunk]
-                feats = _gather_features(co_p, cur_p.reshape(C, -1) if half else None, idx, strides)
+                feats = _gather_features(co_p, cur_p.reshape(C, -1) if half else None, idx_all[s0:s0 + chunk],
+                                         strides)
                 mean, ls = _np_context(w, feats, k, n_used=feats.shape[0])
-                m, sc = snap_params(mean, ls)
-                if enc:
-                    coder.encode(vals[:, s0:s0 + chunk], m, sc)
-                else:
-                    dec[:, s0:s0 + chunk] = coder.decode(m, sc).reshape(C, -1)
-            inner[:, mask] = vals if enc else dec
+                plist.append(snap_params(mean, ls))
+            vals = latents[k][:, mask].astype(np.int32) if enc else None
+            inner[:, mask] = _code_pass(coder, vals, plist, chunk, C, idx_all.size)
         out[k] = np.ascontiguousarray(inner).astype(np.int32)
     return coder.getvalue() if enc else out
 
@@ -447,21 +461,11 @@ def _code_8(latents, w, shapes, C: int, data, lo: int, hi: int, chunk: int, pool
     avail = avail_table()
     out: list[np.ndarray | None] = [None] * len(shapes)
     for k in range(len(shapes) - 1, -1, -1):
-        shp = shapes[k]
-        pshp = tuple(n + 2 for n in shp)
-        strides = (pshp[1] * pshp[2], pshp[2], 1)
+        strides, co_p, cur_p, inner, flat_inner = _level_grid(out, k, shapes, C)
         faces = (-strides[0], strides[0], -strides[1], strides[1], -strides[2], strides[2])
         offs26 = [a * strides[0] + b * strides[1] + c * strides[2] for a, b, c in _OFFSETS_26]
-        co_p = np.zeros((C,) + pshp)
-        if k + 1 < len(shapes):
-            co_p[:, 1:-1, 1:-1, 1:-1] = up_numpy(out[k + 1].astype(np.float64), shp)
-        co_p = co_p.reshape(C, -1)
-        cur_p = np.zeros((C,) + pshp)
-        inner = cur_p[:, 1:-1, 1:-1, 1:-1]          # view
         cur_flat = cur_p.reshape(C, -1)              # view
-        pm = pass_map(shp, 8)
-        flat_inner = (np.arange(shp[0])[:, None, None] + 1) * strides[0] + \
-                     (np.arange(shp[1])[None, :, None] + 1) * strides[1] + (np.arange(shp[2])[None, None, :] + 1)
+        pm = pass_map(shapes[k], 8)
         b2k = (b2 + lb[k]).astype(_CTX_DTYPE)
         for p in range(8):
             mask = pm == p
@@ -470,8 +474,6 @@ def _code_8(latents, w, shapes, C: int, data, lo: int, hi: int, chunk: int, pool
             cols = list(range(7 * C)) + [7 * C + o * C + c for o in used for c in range(C)]
             w1p = np.ascontiguousarray(w1[:, cols])
             b1p = (b1 + w1[:, 33 * C + p]).astype(_CTX_DTYPE)
-            vals = latents[k][:, mask].astype(np.int32) if enc else None
-            dec = np.empty((C, idx_all.size), np.int32)
 
             def params(s0, idx_all=idx_all, used=used, w1p=w1p, b1p=b1p, b2k=b2k):
                 idx = idx_all[s0:s0 + chunk]
@@ -488,12 +490,8 @@ def _code_8(latents, w, shapes, C: int, data, lo: int, hi: int, chunk: int, pool
                 plist = list(pool.map(params, starts))
             else:
                 plist = [params(s0) for s0 in starts]
-            for s0, (m, sc) in zip(starts, plist):
-                if enc:
-                    coder.encode(vals[:, s0:s0 + chunk], m, sc)
-                else:
-                    dec[:, s0:s0 + chunk] = coder.decode(m, sc).reshape(C, -1)
-            inner[:, mask] = vals if enc else dec
+            vals = latents[k][:, mask].astype(np.int32) if enc else None
+            inner[:, mask] = _code_pass(coder, vals, plist, chunk, C, idx_all.size)
         out[k] = np.ascontiguousarray(inner).astype(np.int32)
     return coder.getvalue() if enc else out
 
