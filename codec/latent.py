@@ -335,28 +335,26 @@ def _np_context(w: dict[str, np.ndarray], feats: np.ndarray, level: int,
     return out[:c].reshape(shp), out[c:].reshape(shp)
 
 
-def _np_mlp(f: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray) -> np.ndarray:
-    """``w2 @ relu(w1 @ f + b1) + b2`` in float32, as elementwise multiply-adds in a fixed order
-    (the arithmetic of :func:`_np_context`, with the weights already selected and the biases
-    already combined). f: (F, n) float32."""
-    n = f.shape[1]
-    tmp = np.empty(n, _CTX_DTYPE)
-    h = np.empty((w1.shape[0], n), _CTX_DTYPE)
-    for j in range(w1.shape[0]):
-        acc = h[j]
-        acc.fill(b1[j])
-        for i in range(w1.shape[1]):
-            np.multiply(f[i], w1[j, i], out=tmp)
-            np.add(acc, tmp, out=acc)
-        np.maximum(acc, 0.0, out=acc)
-    out = np.empty((w2.shape[0], n), _CTX_DTYPE)
-    for j in range(w2.shape[0]):
+def _np_affine(f: np.ndarray, w: np.ndarray, b: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """``w @ f + b`` in float32 as elementwise multiply-adds in a fixed order (bias first, then the
+    inputs one by one): one correctly rounded IEEE operation at a time. f: (F, n); tmp: (n,) scratch."""
+    out = np.empty((w.shape[0], f.shape[1]), _CTX_DTYPE)
+    for j in range(w.shape[0]):
         acc = out[j]
-        acc.fill(b2[j])
-        for i in range(h.shape[0]):
-            np.multiply(h[i], w2[j, i], out=tmp)
+        acc.fill(b[j])
+        for i in range(w.shape[1]):
+            np.multiply(f[i], w[j, i], out=tmp)
             np.add(acc, tmp, out=acc)
     return out
+
+
+def _np_mlp(f: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray) -> np.ndarray:
+    """``w2 @ relu(w1 @ f + b1) + b2`` in float32 with :func:`_np_affine`'s fixed-order arithmetic (the
+    weights already selected, the biases already combined). f: (F, n) float32."""
+    tmp = np.empty(f.shape[1], _CTX_DTYPE)
+    h = _np_affine(f, w1, b1, tmp)
+    np.maximum(h, 0.0, out=h)
+    return _np_affine(h, w2, b2, tmp)
 
 
 def _gather_features(co_p: np.ndarray, cur_p: np.ndarray | None, idx: np.ndarray, strides) -> np.ndarray:
