@@ -62,9 +62,12 @@ class LatentConfig:
     synth_width: int = 16           # synthesis MLP hidden width
     synth_layers: int = 1           # synthesis MLP hidden layers
     conv_channels: int = 4          # channels into the synthesis' final 3x3x3 convolution
+    synth_kernel: int = 3           # kernel of the synthesis' final convolution (3 or 5)
+    synth_convs: int = 1            # 2: one more 3x3x3 ReLU convolution on the MLP channels before the final one
     upsample: str = "linear"        # latent upsampling into the synthesis: "linear" or "cubic" (Keys)
     ctx_passes: int = 8             # entropy-model coding passes per level: 2 (checkerboard) or 8 (2x2x2 sub-lattices)
     ctx_width: int = 16             # entropy-model (context) MLP hidden width
+    ctx_layers: int = 1             # entropy-model hidden layers (1-4; those after the first are residual)
     net_lr: float = 2e-3            # Adam learning rate of the synthesis network
     hard_frac: float = 0.2          # last fraction of steps trained with hard (straight-through) rounding
     polish_steps: int = 50          # latent-only steps after the networks are quantised

@@ -16,12 +16,16 @@ bit-exactness argument. In short:
   bounded by the slab, not the volume.
 * **Entropy model.** A quantised Laplace per latent whose mean and scale come from a tiny MLP
   (shared by all levels, plus a per-level bias) fed with (a) the coarser level upsampled to this
-  level (value and six face neighbours) and (b) for the second half of a 3D checkerboard, the six
-  face neighbours from the first half. Decoding is therefore 2 vectorised passes per level
-  (coarse to fine), no per-symbol loop.
+  level (value and six face neighbours) and (b) the already decoded neighbours in the same level:
+  by default the 8 sub-lattices of a 2x2x2 tiling are decoded one after the other (a latent sees
+  those of its 26 neighbours in earlier passes); files without ``ctx_passes`` use a 3D
+  checkerboard (2 passes). Either way decoding is a few vectorised passes per level (coarse to
+  fine), no per-symbol loop.
 * **Rate.** ``loss = MSE([0,1] data) + lmbda * bits / voxels``, bits from the differentiable
   Laplace likelihood (:func:`inrv.codec.entropy.laplace_bits`). The real rate is what the range
-  coder writes (section ``latents``) plus the 8-bit network weights (section ``synthesis``).
+  coder writes (section ``latents``) plus the network weights (section ``synthesis``), which are
+  entropy-coded too, each tensor at a step chosen by its measured rate-distortion cost
+  (:mod:`inrv.codec.netcode`; files written before that hold fixed-precision affine weights).
 """
 
 from __future__ import annotations
@@ -38,12 +42,13 @@ from .base import Encoded, Progress
 from .config import LatentConfig, config_from_dict, config_to_dict
 from .device import resolve_device, seed_everything
 from .entropy import LaplaceReader, LaplaceStream, laplace_bits, snap_params
+from . import netcode
 from .quant import dequantize_state, quantize_state
 
 FORMAT_VERSION = 1
 # config fields the decoder needs; always written to Encoded.config
 _ARCH_FIELDS = ("model", "levels", "channels", "synth_width", "synth_layers", "conv_channels", "ctx_width",
-                "weight_bits", "ctx_passes", "upsample")
+                "ctx_passes", "upsample")
 
 
 # ----------------------------------------------------------------------------- geometry helpers
@@ -224,19 +229,26 @@ class ContextModel(nn.Module):
     One hidden ReLU layer shared by all levels, plus a per-level output bias.
     """
 
-    def __init__(self, channels: int, width: int, levels: int, passes: int = 2):
+    def __init__(self, channels: int, width: int, levels: int, passes: int = 2, layers: int = 1):
         super().__init__()
+        if not 1 <= layers <= 4:
+            raise InputError(f"unsupported number of context layers {layers} (1 to 4)")
         self.c = channels
         self.passes = passes
         # passes 2: [coarse (C), its 6 face neighbours (6C), same-level face neighbours (6C), flag (1)]
         # passes 8: [coarse (C), its 6 face neighbours (6C), 26 same-level neighbours (26C), pass one-hot (8)]
         nf = 13 * channels + 1 if passes == 2 else 33 * channels + 8
         self.l1 = nn.Linear(nf, width)
+        # further hidden layers, residual: h + relu(m(h)) (they start near the one-layer model)
+        self.mids = nn.ModuleList([nn.Linear(width, width) for _ in range(layers - 1)])
         self.l2 = nn.Linear(width, 2 * channels)
         self.level_bias = nn.Parameter(torch.zeros(levels, 2 * channels))
         with torch.no_grad():
             self.l2.weight.mul_(0.1)
             self.l2.bias.zero_()
+            for m in self.mids:
+                m.weight.mul_(0.1)
+                m.bias.zero_()
             self.level_bias[:, channels:] = 0.0
 
     def features(self, q: torch.Tensor, coarse: torch.Tensor | None, pmap: torch.Tensor) -> torch.Tensor:
@@ -255,6 +267,8 @@ class ContextModel(nn.Module):
     def forward(self, feats: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
         f = feats.flatten(1)                        # (F, n)
         h = torch.relu(torch.addmm(self.l1.bias[:, None], self.l1.weight, f))
+        for m in self.mids:
+            h = h + torch.relu(torch.addmm(m.bias[:, None], m.weight, h))
         o = torch.addmm((self.l2.bias + self.level_bias[level])[:, None], self.l2.weight, h)
         o = o.reshape(2 * self.c, *feats.shape[1:])
         return o[: self.c], o[self.c:]
@@ -271,10 +285,12 @@ class Synthesis(nn.Module):
     halo of ``HALO`` voxels on every side (see :func:`_synth_input`).
     """
 
-    HALO = 1
+    HALO = 1    # halo of the default architecture (instances: ``self.halo``)
 
-    def __init__(self, n_in: int, width: int, layers: int, conv_ch: int):
+    def __init__(self, n_in: int, width: int, layers: int, conv_ch: int, kernel: int = 3, convs: int = 1):
         super().__init__()
+        if kernel not in (3, 5) or convs not in (1, 2):
+            raise InputError(f"unsupported synthesis (kernel {kernel}, convolutions {convs})")
         mods: list[nn.Module] = []
         d = n_in
         for _ in range(layers):
@@ -283,26 +299,37 @@ class Synthesis(nn.Module):
         mods += [nn.Linear(d, conv_ch), nn.ReLU()]
         self.net = nn.Sequential(*mods)
         self.n_in = n_in
+        self.kernel = kernel
+        # optional extra 3x3x3 ReLU convolution on the MLP channels (a wider non-linear footprint)
+        self.mid = nn.Conv3d(conv_ch, conv_ch, 3) if convs == 2 else None
+        self.halo = kernel // 2 + (1 if convs == 2 else 0)
         # one convolution over [latent channels, MLP channels] (both paths at once: faster on CPU)
-        self.skip = nn.Conv3d(n_in + conv_ch, 1, 3)
+        self.skip = nn.Conv3d(n_in + conv_ch, 1, kernel)
         with torch.no_grad():
             self.skip.weight.zero_()
             self.skip.bias.fill_(0.5)
 
+    def centre(self) -> int:
+        """Index of the centre tap of the final convolution (for the pyramid initialisation)."""
+        return self.kernel // 2
+
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        # feats: (F, a+2, b+2, c+2) -> (a, b, c). Channels-first matmuls: (W, F) @ (F, n).
+        # feats: (F, a+2h, b+2h, c+2h) -> (a, b, c). Channels-first matmuls: (W, F) @ (F, n).
         h = feats.flatten(1)
         for m in self.net:
             h = torch.relu(h) if isinstance(m, nn.ReLU) else torch.addmm(m.bias[:, None], m.weight, h)
         h = h.reshape((-1,) + feats.shape[1:])
+        if self.mid is not None:
+            h = torch.relu(self.mid(h[None]))[0]
+            feats = feats[:, 1:-1, 1:-1, 1:-1]
         return self.skip(torch.cat([feats, h], 0)[None])[0, 0]
 
 
-def _synth_input(qs, shape, r0: int, r1: int, upsample: str = "linear") -> torch.Tensor:
-    """Upsampled latents for output rows ``[r0, r1)`` of axis 0 plus a ``Synthesis.HALO`` halo:
-    real neighbouring rows inside the volume, edge replication outside it (so a slab-by-slab
-    render equals a whole-volume render)."""
-    h = Synthesis.HALO
+def _synth_input(qs, shape, r0: int, r1: int, upsample: str = "linear", halo: int = Synthesis.HALO) -> torch.Tensor:
+    """Upsampled latents for output rows ``[r0, r1)`` of axis 0 plus a halo of ``halo`` voxels
+    (the synthesis' ``halo``): real neighbouring rows inside the volume, edge replication outside
+    it (so a slab-by-slab render equals a whole-volume render)."""
+    h = halo
     lo, hi = max(0, r0 - h), min(shape[0], r1 + h)
     up = up_cubic_torch if upsample == "cubic" else up_torch
     f = torch.cat([up(q, shape, np.arange(lo, hi)) for q in qs], 0)
@@ -310,8 +337,13 @@ def _synth_input(qs, shape, r0: int, r1: int, upsample: str = "linear") -> torch
     return torch.nn.functional.pad(f[None], pad, mode="replicate")[0]
 
 
+def _make_ctx(n_levels: int, cfg: LatentConfig) -> ContextModel:
+    return ContextModel(cfg.channels, cfg.ctx_width, n_levels, cfg.ctx_passes, cfg.ctx_layers)
+
+
 def _make_synth(n_levels: int, cfg: LatentConfig) -> Synthesis:
-    return Synthesis(n_levels * cfg.channels, cfg.synth_width, cfg.synth_layers, cfg.conv_channels)
+    return Synthesis(n_levels * cfg.channels, cfg.synth_width, cfg.synth_layers, cfg.conv_channels,
+                     cfg.synth_kernel, cfg.synth_convs)
 
 
 # ----------------------------------------------------------------------------- numpy context model
@@ -329,7 +361,7 @@ def _np_context(w: dict[str, np.ndarray], feats: np.ndarray, level: int,
     w1, b1, w2, b2, lb = (w[k].astype(_CTX_DTYPE) for k in ("ctx.l1.weight", "ctx.l1.bias", "ctx.l2.weight",
                                                               "ctx.l2.bias", "ctx.level_bias"))
     nf = f.shape[0] if n_used is None else n_used
-    out = _np_mlp(f, w1[:, :nf], b1, w2, (b2 + lb[level]).astype(_CTX_DTYPE))
+    out = _np_mlp(f, w1[:, :nf], b1, w2, (b2 + lb[level]).astype(_CTX_DTYPE), _np_mids(w))
     c = w2.shape[0] // 2
     shp = (c,) + feats.shape[1:]
     return out[:c].reshape(shp), out[c:].reshape(shp)
@@ -348,13 +380,29 @@ def _np_affine(f: np.ndarray, w: np.ndarray, b: np.ndarray, tmp: np.ndarray) -> 
     return out
 
 
-def _np_mlp(f: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray) -> np.ndarray:
+def _np_mlp(f: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray,
+            mids: list[tuple[np.ndarray, np.ndarray]] = ()) -> np.ndarray:
     """``w2 @ relu(w1 @ f + b1) + b2`` in float32 with :func:`_np_affine`'s fixed-order arithmetic (the
-    weights already selected, the biases already combined). f: (F, n) float32."""
+    weights already selected, the biases already combined). f: (F, n) float32. Each ``(wm, bm)`` of
+    ``mids`` adds a residual hidden layer ``h <- h + relu(wm @ h + bm)`` (:class:`ContextModel`)."""
     tmp = np.empty(f.shape[1], _CTX_DTYPE)
     h = _np_affine(f, w1, b1, tmp)
     np.maximum(h, 0.0, out=h)
+    for wm, bm in mids:
+        g = _np_affine(h, wm, bm, tmp)
+        np.maximum(g, 0.0, out=g)
+        np.add(h, g, out=h)
     return _np_affine(h, w2, b2, tmp)
+
+
+def _np_mids(w: dict[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The context model's residual hidden layers (``ctx.mids.<i>``), float32, in order."""
+    out, i = [], 0
+    while f"ctx.mids.{i}.weight" in w:
+        out.append(tuple(np.asarray(w[f"ctx.mids.{i}.{k}"], dtype=np.float64).astype(_CTX_DTYPE)
+                         for k in ("weight", "bias")))
+        i += 1
+    return out
 
 
 def _gather_features(co_p: np.ndarray, cur_p: np.ndarray | None, idx: np.ndarray, strides) -> np.ndarray:
@@ -456,6 +504,7 @@ def _code_8(latents, w, shapes, C: int, data, lo: int, hi: int, chunk: int, pool
     f32 = {k: np.asarray(v, dtype=np.float64).astype(_CTX_DTYPE) for k, v in w.items()}
     w1, b1, w2, b2, lb = (f32[k] for k in ("ctx.l1.weight", "ctx.l1.bias", "ctx.l2.weight", "ctx.l2.bias",
                                            "ctx.level_bias"))
+    mids = _np_mids(w)
     avail = avail_table()
     out: list[np.ndarray | None] = [None] * len(shapes)
     for k in range(len(shapes) - 1, -1, -1):
@@ -478,7 +527,7 @@ def _code_8(latents, w, shapes, C: int, data, lo: int, hi: int, chunk: int, pool
                 parts = [co_p[:, idx]] + [co_p[:, idx + o] for o in faces] + \
                         [cur_flat[:, idx + offs26[o]] for o in used]
                 feats = np.concatenate(parts, 0).astype(_CTX_DTYPE)
-                o_ = _np_mlp(feats, w1p, b1p, w2, b2k)
+                o_ = _np_mlp(feats, w1p, b1p, w2, b2k, mids)
                 return snap_params(o_[:C], o_[C:])
 
             # a pass reads only earlier passes, so the parameters of all its chunks can be computed
@@ -512,7 +561,7 @@ def _group_of(name: str) -> str:
 def _arch_shapes(n_levels: int, cfg: LatentConfig) -> dict[str, tuple[int, ...]]:
     """Names and shapes of every stored network tensor, in storage order (from the architecture)."""
     syn = _make_synth(n_levels, cfg)
-    ctx = ContextModel(cfg.channels, cfg.ctx_width, n_levels, cfg.ctx_passes)
+    ctx = _make_ctx(n_levels, cfg)
     out = {f"syn.{k}": tuple(v.shape) for k, v in syn.state_dict().items()}
     out.update({f"ctx.{k}": tuple(v.shape) for k, v in ctx.state_dict().items()})
     return out
@@ -546,6 +595,51 @@ def unpack_nets(payload: bytes, compact, bits: int, shapes: dict[str, tuple[int,
         out[k] = flat[g][pos[g]:pos[g] + n].reshape(s)
         pos[g] += n
     return out
+
+
+def _decode_nets(payload: bytes, conf: dict, cfg: LatentConfig, n_levels: int) -> dict[str, np.ndarray]:
+    """The dequantised network tensors of a file: entropy-coded (``wq``) or, in files written
+    before that, affine-packed at ``weight_bits`` (``quant``)."""
+    shapes = _arch_shapes(n_levels, cfg)
+    if "wq" in conf:
+        flat = netcode.decode(payload, conf["wq"], conf.get("wmax"), [int(np.prod(s)) for s in shapes.values()])
+        return {k: f.reshape(s) for (k, s), f in zip(shapes.items(), flat)}
+    if not cfg.weight_bits:
+        raise InputError("no network-weight quantisation in the file")
+    return unpack_nets(payload, conf["quant"], int(cfg.weight_bits), shapes)
+
+
+def _choose_weight_steps(state: dict[str, np.ndarray], names: list[str], dist_of, lat_bits_of,
+                         lam_per_bit: float) -> dict[str, int]:
+    """Per-tensor quantisation step ``2**-e`` by measured rate-distortion cost (Cool-chic's recipe).
+
+    Coordinate-wise, in storage order: every tensor starts at its finest step; then each one in
+    turn is tried from coarse (about 5 bits over its range) to fine and keeps the step with the
+    lowest ``distortion + lam_per_bit * (latent bits + weight bits)``. Synthesis tensors change only
+    the distortion (``dist_of``), context tensors only the latent bits (``lat_bits_of``).
+    """
+    exps = {n: netcode.finest_exp(state[n]) for n in names}
+
+    def deq():
+        return {n: netcode.dequantize(netcode.quantize(state[n], exps[n]), exps[n]).reshape(state[n].shape)
+                for n in names}
+
+    for n in names:
+        is_syn = n.startswith("syn.")
+        f = exps[n]
+        best_e, best_c, worse = f, math.inf, 0
+        for e in range(f - 10, f + 1):
+            exps[n] = e
+            term = dist_of(deq()) if is_syn else lam_per_bit * lat_bits_of(deq())
+            c = term + lam_per_bit * netcode.tensor_bits(state[n], e)
+            if c < best_c:
+                best_e, best_c, worse = e, c, 0
+            else:
+                worse += 1
+                if worse >= 2:
+                    break
+        exps[n] = best_e
+    return exps
 
 
 # ----------------------------------------------------------------------------- the family
@@ -651,7 +745,7 @@ class LatentModel:
         shapes = level_shapes(shape, cfg.levels)
         L, C = len(shapes), cfg.channels
 
-        ctx = ContextModel(C, cfg.ctx_width, L, cfg.ctx_passes).to(dev)
+        ctx = _make_ctx(L, cfg).to(dev)
         syn = _make_synth(L, cfg).to(dev)
         lat = [nn.Parameter(t) for t in self._init_latents(x, shapes, C, lmbda, cfg, syn)]
         self._init_context(ctx, lat)
@@ -669,7 +763,7 @@ class LatentModel:
 
         def forward(qs, rows=None):
             r0, r1 = (0, shape[0]) if rows is None else (int(rows[0]), int(rows[-1]) + 1)
-            return syn(_synth_input(qs, shape, r0, r1, cfg.upsample))
+            return syn(_synth_input(qs, shape, r0, r1, cfg.upsample, syn.halo))
 
         pmaps = [torch.as_tensor(pass_map(sh, cfg.ctx_passes), device=dev) for sh in shapes]
 
@@ -762,32 +856,38 @@ class LatentModel:
         # ---- quantise the networks, then polish the latents for the quantised decoder
         state = {f"syn.{k}": v.detach().cpu().numpy().astype(np.float32) for k, v in syn.state_dict().items()}
         state.update({f"ctx.{k}": v.detach().cpu().numpy().astype(np.float32) for k, v in ctx.state_dict().items()})
-        # weight precision by measurement (weight_bits None): the rate-distortion cost of the hard-rounded
-        # latents through each quantised decoder, network bytes included. 8 bits suits low rates; at high
-        # rates the synthesis needs finer weights (mni_patch64, lambda 2e-4: 37.4 dB with 8 bits, 39.8 with 12)
-        candidates = (int(cfg.weight_bits),) if cfg.weight_bits else (8, 10, 12)
-        chosen = None
+        names = list(_arch_shapes(L, cfg))
         with torch.no_grad():
             hard = [torch.round(p) for p in lat]
-            r0m = (shape[0] - slab) // 2
-            for wb in candidates:
-                payload, qmeta = pack_nets(state, wb)
-                deq = unpack_nets(payload, qmeta, wb, _arch_shapes(L, cfg))
+            # a central slab of at most ~1 M voxels is enough to compare weight precisions
+            ev = max(1, min(slab, (1 << 20) // max(1, shape[1] * shape[2])))
+            r0m = (shape[0] - ev) // 2
+            ev_rows = np.arange(r0m, r0m + ev) if ev < shape[0] else None
+
+            def load(deq):
                 syn.load_state_dict({k[4:]: torch.as_tensor(v) for k, v in deq.items() if k.startswith("syn.")})
                 ctx.load_state_dict({k[4:]: torch.as_tensor(v) for k, v in deq.items() if k.startswith("ctx.")})
-                if len(candidates) == 1:
-                    chosen = (0.0, wb, payload, qmeta, deq)
-                    break
-                rows = np.arange(r0m, r0m + slab)
-                dist = float(torch.mean((forward(hard, rows if slab < shape[0] else None)
-                                         - x[r0m:r0m + slab]) ** 2))
-                cost = dist + lmbda * (total_bits(hard) + 8.0 * len(payload)) / nvox
-                if chosen is None or cost < chosen[0]:
-                    chosen = (cost, wb, payload, qmeta, deq)
-        _, wb, payload, qmeta, deq = chosen
-        cfg = dataclasses.replace(cfg, weight_bits=wb)
-        syn.load_state_dict({k[4:]: torch.as_tensor(v) for k, v in deq.items() if k.startswith("syn.")})
-        ctx.load_state_dict({k[4:]: torch.as_tensor(v) for k, v in deq.items() if k.startswith("ctx.")})
+
+            if cfg.weight_bits:
+                # fixed-precision affine packing (the format before entropy-coded weights)
+                payload, qmeta = pack_nets(state, int(cfg.weight_bits))
+                deq = unpack_nets(payload, qmeta, int(cfg.weight_bits), _arch_shapes(L, cfg))
+                wmeta = {"quant": qmeta}
+            else:
+                def dist_of(deq):
+                    load(deq)
+                    return float(torch.mean((forward(hard, ev_rows) - x[r0m:r0m + ev]) ** 2))
+
+                def lat_bits_of(deq):
+                    load(deq)
+                    return float(rate_bits(hard, ev_rows)) if ev_rows is not None else total_bits(hard)
+
+                exps = _choose_weight_steps(state, names, dist_of, lat_bits_of, lmbda / nvox)
+                payload, wq, wmax = netcode.encode([state[n] for n in names], [exps[n] for n in names])
+                flat = netcode.decode(payload, wq, wmax, [state[n].size for n in names])
+                deq = {n: f.reshape(state[n].shape) for n, f in zip(names, flat)}
+                wmeta = {"wq": wq, "wmax": wmax}
+            load(deq)
         if cfg.polish_steps > 0:
             for p in list(syn.parameters()) + list(ctx.parameters()):
                 p.requires_grad_(False)
@@ -826,7 +926,7 @@ class LatentModel:
         conf.update({
             "v": FORMAT_VERSION,
             "sym_range": [sym_lo, sym_hi],
-            "quant": qmeta,
+            **wmeta,
         })
         enc = Encoded(model="latent", config=conf, sections={"latents": lat_bytes, "synthesis": payload},
                       shape=orig_shape, value_range=(lo, hi))
@@ -875,7 +975,8 @@ class LatentModel:
                 out[k][0] = lv[0]
                 up = up_cubic_torch if cfg.upsample == "cubic" else up_torch
                 recon = recon + up(lv, shape)[0] * delta
-                syn.skip.weight[0, k * C, 1, 1, 1] = delta
+                c_ = syn.centre()
+                syn.skip.weight[0, k * C, c_, c_, c_] = delta
         return out
 
     @staticmethod
@@ -909,8 +1010,7 @@ class LatentModel:
             vshape = orig + (1,) * (3 - len(orig))
             shapes = level_shapes(vshape, cfg.levels)
             lo_s, hi_s = (int(v) for v in conf["sym_range"])
-            deq = unpack_nets(encoded.sections["synthesis"], conf["quant"], cfg.weight_bits,
-                              _arch_shapes(len(shapes), cfg))
+            deq = _decode_nets(encoded.sections["synthesis"], conf, cfg, len(shapes))
             ints = code_latents(None, deq, shapes, cfg.channels, data=encoded.sections["latents"],
                                 lo=lo_s, hi=hi_s, passes=cfg.ctx_passes)
         except InputError:
@@ -927,7 +1027,7 @@ class LatentModel:
         with torch.no_grad():
             for r0 in range(0, vshape[0], rows_per):
                 r1 = min(vshape[0], r0 + rows_per)
-                out[r0:r1] = syn(_synth_input(lat, vshape, r0, r1, cfg.upsample)).cpu().numpy()
+                out[r0:r1] = syn(_synth_input(lat, vshape, r0, r1, cfg.upsample, syn.halo)).cpu().numpy()
         lo, hi = encoded.value_range
         span = hi - lo if hi > lo else 1.0
         res = out.astype(np.float64) * span + lo

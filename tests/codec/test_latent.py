@@ -10,7 +10,7 @@ import torch
 
 from inrv.codec.base import get_model
 from inrv.codec.config import make_config
-from inrv.codec.latent import LatentModel, _arch_shapes, code_latents, level_shapes, unpack_nets
+from inrv.codec.latent import LatentModel, _arch_shapes, _decode_nets, code_latents, level_shapes
 from inrv.codec.config import config_from_dict
 from inrv.codec.metrics import psnr
 from inrv.errors import InputError
@@ -40,7 +40,7 @@ def _decoded_ints(enc):
     cfg = config_from_dict(enc.config)
     vshape = tuple(enc.shape) + (1,) * (3 - len(enc.shape))
     shapes = level_shapes(vshape, cfg.levels)
-    w = unpack_nets(enc.sections["synthesis"], enc.config["quant"], cfg.weight_bits, _arch_shapes(len(shapes), cfg))
+    w = _decode_nets(enc.sections["synthesis"], enc.config, cfg, len(shapes))
     lo, hi = enc.config["sym_range"]
     return code_latents(None, w, shapes, cfg.channels, data=enc.sections["latents"], lo=lo, hi=hi,
                         passes=cfg.ctx_passes), w, shapes, cfg
@@ -291,12 +291,61 @@ def test_8_pass_coding_is_independent_of_threads_and_chunks():
         np.testing.assert_array_equal(a, b)
 
 
-def test_weight_bits_are_chosen_by_measurement_unless_given():
+def test_weight_steps_are_chosen_per_tensor_unless_bits_are_given():
+    """Default: each network tensor is entropy-coded at its own measured step (``wq``); an explicit
+    ``weight_bits`` keeps fixed-precision affine packing. Both decode to the encoder's reconstruction."""
     torch.set_num_threads(1)
     vol = _phantom((16, 14, 12), seed=4)
     auto = LatentModel().fit(vol, make_config("latent-tiny", steps=12, polish_steps=0), device="cpu")
-    assert auto.config["weight_bits"] in (8, 10, 12)
+    cfg = config_from_dict(auto.config)
+    names = list(_arch_shapes(len(level_shapes((16, 14, 12), cfg.levels)), cfg))
+    assert "weight_bits" not in auto.config and len(auto.config["wq"]) == len(names)
+    assert len({e for e, _ in auto.config["wq"]}) > 1          # not one precision for all tensors
     fixed = LatentModel().fit(vol, make_config("latent-tiny", steps=12, polish_steps=0, weight_bits=6), device="cpu")
-    assert fixed.config["weight_bits"] == 6
+    assert fixed.config["weight_bits"] == 6 and "wq" not in fixed.config
     for enc in (auto, fixed):     # the stored precision is the one the decoder uses
         np.testing.assert_array_equal(LatentModel().render(enc), enc.reconstruction)
+
+
+@pytest.mark.parametrize("kernel,convs", [(5, 1), (3, 2)])
+def test_wider_synthesis_renders_slab_by_slab_like_whole(kernel, convs):
+    """A 5x5x5 final convolution or a second 3x3x3 one widens the halo; a slab of rows rendered
+    with its halo equals the same rows of a whole-volume render, and the file decodes exactly."""
+    from inrv.codec.latent import Synthesis, _synth_input
+
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    syn = Synthesis(3, 6, 1, 2, kernel, convs)
+    with torch.no_grad():
+        for p in syn.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    assert syn.halo == (2 if (kernel, convs) != (3, 1) else 1)
+    qs = [torch.randn(1, 11, 9, 7, generator=g), torch.randn(1, 6, 5, 4, generator=g), torch.randn(1, 3, 3, 2, generator=g)]
+    with torch.no_grad():
+        whole = syn(_synth_input(qs, (11, 9, 7), 0, 11, "linear", syn.halo))
+        part = syn(_synth_input(qs, (11, 9, 7), 3, 8, "linear", syn.halo))
+    assert whole.shape == (11, 9, 7)
+    torch.testing.assert_close(part, whole[3:8], rtol=0, atol=1e-6)
+    vol = _phantom((14, 12, 10), seed=5)
+    enc = LatentModel().fit(vol, make_config("latent-tiny", steps=8, polish_steps=0, synth_kernel=kernel,
+                                             synth_convs=convs), device="cpu")
+    np.testing.assert_array_equal(LatentModel().render(enc), enc.reconstruction)
+    with pytest.raises(InputError):
+        Synthesis(3, 6, 1, 2, 4, 1)
+
+
+@pytest.mark.parametrize("passes,layers", [(2, 2), (8, 3)])
+def test_deeper_context_codes_exactly(passes, layers):
+    """``ctx_layers`` > 1 (residual hidden layers): the coder's numpy twin decodes the latents
+    bit for bit and the estimate tracks the coded size."""
+    torch.set_num_threads(1)
+    vol = _phantom((14, 12, 10), seed=6)
+    enc = LatentModel().fit(vol, make_config("latent-tiny", steps=10, polish_steps=0, ctx_layers=layers,
+                                             ctx_passes=passes), device="cpu")
+    assert enc.config["ctx_layers"] == layers
+    ints, w, shapes, cfg = _decoded_ints(enc)
+    assert f"ctx.mids.{layers - 2}.weight" in w and f"ctx.mids.{layers - 1}.weight" not in w
+    assert code_latents(ints, w, shapes, 1, lo=enc.config["sym_range"][0], hi=enc.config["sym_range"][1],
+                        passes=passes) == enc.sections["latents"]
+    np.testing.assert_array_equal(LatentModel().render(enc), enc.reconstruction)
+    assert abs(enc.stats["bits_actual"] - enc.stats["bits_estimated"]) <= 0.05 * enc.stats["bits_actual"] + 64
