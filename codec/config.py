@@ -67,7 +67,7 @@ class LatentConfig:
     upsample: str = "linear"        # latent upsampling into the synthesis: "linear" or "cubic" (Keys)
     ctx_passes: int = 8             # entropy-model coding passes per level: 2 (checkerboard) or 8 (2x2x2 sub-lattices)
     ctx_width: int = 16             # entropy-model (context) MLP hidden width
-    ctx_layers: int = 1             # entropy-model hidden layers (1-4; those after the first are residual)
+    ctx_layers: int = 3             # entropy-model hidden layers (1-4; those after the first are residual)
     net_lr: float = 2e-3            # Adam learning rate of the synthesis network
     hard_frac: float = 0.2          # last fraction of steps trained with hard (straight-through) rounding
     polish_steps: int = 50          # latent-only steps after the networks are quantised

@@ -48,7 +48,7 @@ from .quant import dequantize_state, quantize_state
 FORMAT_VERSION = 1
 # config fields the decoder needs; always written to Encoded.config
 _ARCH_FIELDS = ("model", "levels", "channels", "synth_width", "synth_layers", "conv_channels", "ctx_width",
-                "ctx_passes", "upsample")
+                "ctx_passes", "ctx_layers", "upsample")
 
 
 # ----------------------------------------------------------------------------- geometry helpers
@@ -610,13 +610,16 @@ def _decode_nets(payload: bytes, conf: dict, cfg: LatentConfig, n_levels: int) -
 
 
 def _choose_weight_steps(state: dict[str, np.ndarray], names: list[str], dist_of, lat_bits_of,
-                         lam_per_bit: float) -> dict[str, int]:
+                         lam_per_bit: float, span: int = 12) -> dict[str, int]:
     """Per-tensor quantisation step ``2**-e`` by measured rate-distortion cost (Cool-chic's recipe).
 
     Coordinate-wise, in storage order: every tensor starts at its finest step; then each one in
-    turn is tried from coarse (about 5 bits over its range) to fine and keeps the step with the
-    lowest ``distortion + lam_per_bit * (latent bits + weight bits)``. Synthesis tensors change only
-    the distortion (``dist_of``), context tensors only the latent bits (``lat_bits_of``).
+    turn is measured at every step from the finest to ``2**span`` times coarser (about 4 bits over
+    its range) and keeps the one with the lowest ``distortion + lam_per_bit * (latent bits + weight
+    bits)``. The whole range is measured because the error of a rounded tensor is not monotone in
+    the step (a bias can land closer at a coarse step than at a finer one), so a search that stops
+    at the first rise can stop far from the best step. Synthesis tensors change only the
+    distortion (``dist_of``), context tensors only the latent bits (``lat_bits_of``).
     """
     exps = {n: netcode.finest_exp(state[n]) for n in names}
 
@@ -625,19 +628,14 @@ def _choose_weight_steps(state: dict[str, np.ndarray], names: list[str], dist_of
                 for n in names}
 
     for n in names:
-        is_syn = n.startswith("syn.")
         f = exps[n]
-        best_e, best_c, worse = f, math.inf, 0
-        for e in range(f - 10, f + 1):
+        best_e, best_c = f, math.inf
+        for e in range(f, f - span - 1, -1):
             exps[n] = e
-            term = dist_of(deq()) if is_syn else lam_per_bit * lat_bits_of(deq())
+            term = dist_of(deq()) if n.startswith("syn.") else lam_per_bit * lat_bits_of(deq())
             c = term + lam_per_bit * netcode.tensor_bits(state[n], e)
             if c < best_c:
-                best_e, best_c, worse = e, c, 0
-            else:
-                worse += 1
-                if worse >= 2:
-                    break
+                best_e, best_c = e, c
         exps[n] = best_e
     return exps
 
@@ -859,8 +857,9 @@ class LatentModel:
         names = list(_arch_shapes(L, cfg))
         with torch.no_grad():
             hard = [torch.round(p) for p in lat]
-            # a central slab of at most ~1 M voxels is enough to compare weight precisions
-            ev = max(1, min(slab, (1 << 20) // max(1, shape[1] * shape[2])))
+            # a central slab of at most 2^19 voxels is enough to compare weight precisions (the
+            # step search measures ~13 steps per tensor; 64^3 is measured whole)
+            ev = max(1, min(slab, (1 << 19) // max(1, shape[1] * shape[2])))
             r0m = (shape[0] - ev) // 2
             ev_rows = np.arange(r0m, r0m + ev) if ev < shape[0] else None
 
@@ -1007,6 +1006,8 @@ class LatentModel:
                 cfg = dataclasses.replace(cfg, ctx_passes=2)
             if "upsample" not in conf:          # ... and before cubic synthesis upsampling
                 cfg = dataclasses.replace(cfg, upsample="linear")
+            if "ctx_layers" not in conf:        # ... and before deeper context models
+                cfg = dataclasses.replace(cfg, ctx_layers=1)
             vshape = orig + (1,) * (3 - len(orig))
             shapes = level_shapes(vshape, cfg.levels)
             lo_s, hi_s = (int(v) for v in conf["sym_range"])

@@ -243,12 +243,14 @@ def test_cubic_upsampling_slab_equals_whole_and_keeps_constants():
 
 
 def test_files_without_new_arch_fields_decode_as_checkerboard_linear():
-    """Files written before ``ctx_passes`` / ``upsample`` existed decode with the old defaults."""
+    """Files written before ``ctx_passes`` / ``upsample`` / ``ctx_layers`` existed decode with the old
+    defaults (checkerboard, linear, one hidden layer)."""
     vol = _phantom((16, 14, 12), seed=2)
-    enc = LatentModel().fit(vol, make_config("latent-tiny", steps=10, polish_steps=0, ctx_passes=2), device="cpu")
+    enc = LatentModel().fit(vol, make_config("latent-tiny", steps=10, polish_steps=0, ctx_passes=2, ctx_layers=1),
+                            device="cpu")
     ref = LatentModel().render(enc)
     old = dict(enc.config)
-    assert old.pop("ctx_passes") == 2 and old.pop("upsample") == "linear"
+    assert old.pop("ctx_passes") == 2 and old.pop("upsample") == "linear" and old.pop("ctx_layers") == 1
     enc.config = old
     np.testing.assert_array_equal(LatentModel().render(enc), ref)
     bad = dict(enc.config, upsample="sinc")
@@ -336,8 +338,8 @@ def test_wider_synthesis_renders_slab_by_slab_like_whole(kernel, convs):
 
 @pytest.mark.parametrize("passes,layers", [(2, 2), (8, 3)])
 def test_deeper_context_codes_exactly(passes, layers):
-    """``ctx_layers`` > 1 (residual hidden layers): the coder's numpy twin decodes the latents
-    bit for bit and the estimate tracks the coded size."""
+    """``ctx_layers`` > 1 (residual hidden layers): the coder's numpy twin decodes the latents bit for
+    bit and the estimate tracks the coded size."""
     torch.set_num_threads(1)
     vol = _phantom((14, 12, 10), seed=6)
     enc = LatentModel().fit(vol, make_config("latent-tiny", steps=10, polish_steps=0, ctx_layers=layers,
@@ -349,3 +351,37 @@ def test_deeper_context_codes_exactly(passes, layers):
                         passes=passes) == enc.sections["latents"]
     np.testing.assert_array_equal(LatentModel().render(enc), enc.reconstruction)
     assert abs(enc.stats["bits_actual"] - enc.stats["bits_estimated"]) <= 0.05 * enc.stats["bits_actual"] + 64
+
+
+def test_weight_step_search_measures_every_step_and_keeps_the_cheapest():
+    """The rounding error of a tensor is not monotone in the step; the search must keep the step
+    with the lowest measured cost, not stop at the first rise."""
+    from inrv.codec import netcode
+    from inrv.codec.latent import _choose_weight_steps
+
+    state = {"syn.b": np.array([0.3013], np.float32), "ctx.w": np.array([0.25, -0.5], np.float32)}
+    calls = []
+
+    def dist_of(deq):
+        calls.append(1)
+        return 1e3 * float((deq["syn.b"][0] - 0.3013) ** 2)
+
+    def lat_bits_of(deq):
+        return 1e4 * float(np.sum((deq["ctx.w"] - state["ctx.w"]) ** 2))   # exact at any step >= 1/4
+
+    lam = 1e-6
+    exps = _choose_weight_steps(state, ["syn.b", "ctx.w"], dist_of, lat_bits_of, lam, span=12)
+
+    def best(name, term):
+        f = netcode.finest_exp(state[name])
+        costs = {e: term(netcode.dequantize(netcode.quantize(state[name], e), e)) +
+                 lam * netcode.tensor_bits(state[name], e) for e in range(f - 12, f + 1)}
+        return min(costs, key=costs.get), costs
+
+    e_b, costs_b = best("syn.b", lambda q: 1e3 * float((q[0] - 0.3013) ** 2))
+    assert exps["syn.b"] == e_b
+    assert len(calls) == 13                              # every step measured once
+    # the error is not monotone: a finer step than the best is sometimes worse than a coarser one
+    assert any(costs_b[e + 1] > costs_b[e] for e in costs_b if e + 1 in costs_b and e < e_b)
+    e_w, _ = best("ctx.w", lambda q: lam * 1e4 * float(np.sum((q - state["ctx.w"]) ** 2)))
+    assert exps["ctx.w"] == e_w
