@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InputError, RunError
+from ..errors import InputError, RunError, UnsupportedVersionError
 from .base import Encoded, Progress
 from .config import LatentConfig, config_from_dict, config_to_dict
 from .device import resolve_device, seed_everything
@@ -45,7 +45,9 @@ from .entropy import LaplaceReader, LaplaceStream, laplace_bits, snap_params
 from . import netcode
 from .quant import dequantize_state, quantize_state
 
-FORMAT_VERSION = 1
+# version of this family's payload (config key "v"): 2 added entropy-coded network weights
+# ("wq"/"wmax"), deeper context models and wider synthesis options; a reader refuses a newer one
+FORMAT_VERSION = 2
 # config fields the decoder needs; always written to Encoded.config
 _ARCH_FIELDS = ("model", "levels", "channels", "synth_width", "synth_layers", "conv_channels", "ctx_width",
                 "ctx_passes", "ctx_layers", "upsample")
@@ -1000,6 +1002,10 @@ class LatentModel:
         orig = tuple(int(s) for s in encoded.shape)
         if shape is not None and tuple(int(s) for s in shape) != orig:
             raise InputError(f"the latent model renders only its fitted shape {orig}, not {tuple(shape)}")
+        v = conf.get("v", 1)
+        if not isinstance(v, int) or v > FORMAT_VERSION:
+            raise UnsupportedVersionError(f"latent-model payload version {v!r} is newer than this reader "
+                                          f"({FORMAT_VERSION}): upgrade inrv")
         try:
             cfg = config_from_dict(conf)
             if "ctx_passes" not in conf:        # files written before the 8-pass context: checkerboard

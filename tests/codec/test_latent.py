@@ -385,3 +385,14 @@ def test_weight_step_search_measures_every_step_and_keeps_the_cheapest():
     assert any(costs_b[e + 1] > costs_b[e] for e in costs_b if e + 1 in costs_b and e < e_b)
     e_w, _ = best("ctx.w", lambda q: lam * 1e4 * float(np.sum((q - state["ctx.w"]) ** 2)))
     assert exps["ctx.w"] == e_w
+
+
+def test_newer_payload_version_is_refused_with_upgrade_message():
+    from inrv.errors import UnsupportedVersionError
+
+    vol = _phantom((12, 10, 8), seed=7)
+    enc = LatentModel().fit(vol, make_config("latent-tiny", steps=4, polish_steps=0), device="cpu")
+    assert enc.config["v"] == 2
+    enc.config = dict(enc.config, v=3)
+    with pytest.raises(UnsupportedVersionError, match="upgrade"):
+        LatentModel().render(enc)
