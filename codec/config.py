@@ -66,7 +66,8 @@ class LatentConfig:
     synth_convs: int = 1            # 2: one more 3x3x3 ReLU convolution on the MLP channels before the final one
     upsample: str = "linear"        # latent upsampling into the synthesis: "linear" or "cubic" (Keys)
     ctx_passes: int = 8             # entropy-model coding passes per level: 2 (checkerboard) or 8 (2x2x2 sub-lattices)
-    ctx_width: int = 16             # entropy-model (context) MLP hidden width
+    ctx_width: int | None = None    # entropy-model (context) MLP hidden width; None = 24 where the latents
+                                    # dominate the file (lmbda <= 1e-3 or >= 4 M voxels), else 16
     ctx_layers: int = 3             # entropy-model hidden layers (1-4; those after the first are residual)
     net_lr: float = 2e-3            # Adam learning rate of the synthesis network
     hard_frac: float = 0.2          # last fraction of steps trained with hard (straight-through) rounding

@@ -396,3 +396,18 @@ def test_newer_payload_version_is_refused_with_upgrade_message():
     enc.config = dict(enc.config, v=3)
     with pytest.raises(UnsupportedVersionError, match="upgrade"):
         LatentModel().render(enc)
+
+
+def test_context_width_follows_the_rate_unless_given():
+    """``ctx_width=None``: 24 where the latents dominate the file (low lambda or large volumes), 16 at
+    low rates on small volumes; the width used is stored and decodes; a given width is kept."""
+    from inrv.codec.latent import _auto_ctx_width
+
+    assert _auto_ctx_width(1e-3, 64 ** 3) == 24 and _auto_ctx_width(1e-2, 64 ** 3) == 16
+    assert _auto_ctx_width(1e-2, 197 * 233 * 189) == 24
+    torch.set_num_threads(1)
+    vol = _phantom((12, 10, 8), seed=8)
+    for kw, want in (({"lmbda": 1e-3}, 24), ({"lmbda": 1e-2}, 16), ({"lmbda": 1e-3, "ctx_width": 8}, 8)):
+        enc = LatentModel().fit(vol, make_config("balanced", steps=2, polish_steps=0, **kw), device="cpu")
+        assert enc.config["ctx_width"] == want
+        np.testing.assert_array_equal(LatentModel().render(enc), enc.reconstruction)
