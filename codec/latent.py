@@ -883,7 +883,6 @@ class LatentModel:
             if cfg.weight_bits:
                 # fixed-precision affine packing (the format before entropy-coded weights)
                 payload, qmeta = pack_nets(state, int(cfg.weight_bits))
-                deq = unpack_nets(payload, qmeta, int(cfg.weight_bits), _arch_shapes(L, cfg))
                 wmeta = {"quant": qmeta}
             else:
                 def dist_of(deq):
@@ -896,9 +895,9 @@ class LatentModel:
 
                 exps = _choose_weight_steps(state, names, dist_of, lat_bits_of, lmbda / nvox)
                 payload, wq, wmax = netcode.encode([state[n] for n in names], [exps[n] for n in names])
-                flat = netcode.decode(payload, wq, wmax, [state[n].size for n in names])
-                deq = {n: f.reshape(state[n].shape) for n, f in zip(names, flat)}
                 wmeta = {"wq": wq, "wmax": wmax}
+            # the weights the decoder will use, through the decoder's own path
+            deq = _decode_nets(payload, wmeta, cfg, L)
             load(deq)
         if cfg.polish_steps > 0:
             for p in list(syn.parameters()) + list(ctx.parameters()):
