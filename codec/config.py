@@ -69,6 +69,8 @@ class LatentConfig:
     ctx_width: int | None = None    # entropy-model (context) MLP hidden width; None = 24 where the latents
                                     # dominate the file (lmbda <= 1e-3 or >= 4 M voxels), else 16
     ctx_layers: int = 3             # entropy-model hidden layers (1-4; those after the first are residual)
+    ctx_coarse: int = 7             # coarser-level context per latent: 7 (value + 6 face neighbours) or 27
+                                    # (its whole 3x3x3 neighbourhood; 8-pass context only)
     net_lr: float = 2e-3            # Adam learning rate of the synthesis network
     hard_frac: float = 0.2          # last fraction of steps trained with hard (straight-through) rounding
     polish_steps: int = 50          # latent-only steps after the networks are quantised

@@ -211,6 +211,10 @@ def _neigh26_torch(x: torch.Tensor) -> list[torch.Tensor]:
     return [p[:, 1 + u:1 + u + a, 1 + v:1 + v + b, 1 + w:1 + w + c] for u, v, w in _OFFSETS_26]
 
 
+# the six face offsets, in the order of :func:`_neigh_torch` and of the coder's ``faces``
+_FACES_6 = ((-1, 0, 0), (1, 0, 0), (0, -1, 0), (0, 1, 0), (0, 0, -1), (0, 0, 1))
+
+
 def _neigh_torch(x: torch.Tensor) -> list[torch.Tensor]:
     """Six face neighbours of every cell of ``x`` (C, a, b, c), zero outside."""
     p = torch.nn.functional.pad(x, (1, 1, 1, 1, 1, 1))
@@ -231,15 +235,20 @@ class ContextModel(nn.Module):
     One hidden ReLU layer shared by all levels, plus a per-level output bias.
     """
 
-    def __init__(self, channels: int, width: int, levels: int, passes: int = 2, layers: int = 1):
+    def __init__(self, channels: int, width: int, levels: int, passes: int = 2, layers: int = 1,
+                 coarse: int = 7):
         super().__init__()
         if not 1 <= layers <= 4:
             raise InputError(f"unsupported number of context layers {layers} (1 to 4)")
+        if coarse not in (7, 27) or (coarse == 27 and passes != 8):
+            raise InputError(f"unsupported coarse context {coarse} (7, or 27 with the 8-pass context)")
         self.c = channels
         self.passes = passes
+        self.coarse = coarse
         # passes 2: [coarse (C), its 6 face neighbours (6C), same-level face neighbours (6C), flag (1)]
-        # passes 8: [coarse (C), its 6 face neighbours (6C), 26 same-level neighbours (26C), pass one-hot (8)]
-        nf = 13 * channels + 1 if passes == 2 else 33 * channels + 8
+        # passes 8: [coarse (C), its 6 face (or 26) neighbours (6C or 26C), 26 same-level neighbours (26C),
+        #            pass one-hot (8)]
+        nf = 13 * channels + 1 if passes == 2 else (coarse + 26) * channels + 8
         self.l1 = nn.Linear(nf, width)
         # further hidden layers, residual: h + relu(m(h)) (they start near the one-layer model)
         self.mids = nn.ModuleList([nn.Linear(width, width) for _ in range(layers - 1)])
@@ -264,7 +273,51 @@ class ContextModel(nn.Module):
         av = torch.as_tensor(avail_table(), device=q.device)[pmap].to(q.dtype)     # (a, b, c, 26)
         nb = [n * av[..., o] for o, n in enumerate(_neigh26_torch(q))]
         onehot = torch.nn.functional.one_hot(pmap, 8).to(q.dtype).permute(3, 0, 1, 2)
-        return torch.cat([co] + _neigh_torch(co) + nb + [onehot], 0)
+        cn = _neigh26_torch(co) if self.coarse == 27 else _neigh_torch(co)
+        return torch.cat([co] + cn + nb + [onehot], 0)
+
+    def pass_bits(self, q: torch.Tensor, coarse: torch.Tensor | None, level: int, r_lo: int, a: int,
+                  b: int) -> torch.Tensor:
+        """Bits of the rows ``[a, b)`` (absolute, first axis) of a level under the 8-pass model, from
+        ``q`` (C, n, B, D) holding its rows ``[r_lo, r_lo + n)`` (a halo row on each side of
+        ``[a, b)`` where the level has one) and ``coarse`` likewise (or None).
+
+        The same function as ``forward(features(...))`` summed over those rows, computed pass by
+        pass on strided sub-lattices, the way the coder does it: only the neighbours a pass can see
+        are gathered (their weight columns selected, the pass one-hot folded into the bias), so no
+        masks and about half the first-layer work."""
+        C = self.c
+        co = coarse if coarse is not None else torch.zeros_like(q)
+        qp = torch.nn.functional.pad(q, (1, 1, 1, 1, 1, 1))
+        cp = torch.nn.functional.pad(co, (1, 1, 1, 1, 1, 1))
+        n, B, D = q.shape[1:]
+        avail = avail_table()
+        c_offs = _OFFSETS_26 if self.coarse == 27 else _FACES_6
+        nco = self.coarse
+        w1, b1 = self.l1.weight, self.l1.bias
+        total = q.new_zeros(())
+        for p, ph in enumerate(_PASS_ORDER_8):
+            pa, pb, pc = (ph >> 2) & 1, (ph >> 1) & 1, ph & 1
+            s0 = a + ((pa - a) % 2) - r_lo          # first counted local row of this phase
+            e0 = b - r_lo
+            if s0 >= e0 or pb >= B or pc >= D:
+                continue
+
+            def at(t, u, v, w):
+                return t[:, 1 + s0 + u:1 + e0 + u:2, 1 + pb + v:1 + B + v:2, 1 + pc + w:1 + D + w:2]
+
+            used = [o for o in range(26) if avail[p, o]]
+            parts = [at(cp, 0, 0, 0)] + [at(cp, *o) for o in c_offs] + [at(qp, *_OFFSETS_26[o]) for o in used]
+            x = at(qp, 0, 0, 0)
+            f = torch.cat(parts, 0).flatten(1)
+            cols = list(range(nco * C)) + [nco * C + o * C + c for o in used for c in range(C)]
+            bias = b1 + w1[:, (nco + 26) * C + p]
+            h = torch.relu(torch.addmm(bias[:, None], w1[:, cols], f))
+            for m in self.mids:
+                h = h + torch.relu(torch.addmm(m.bias[:, None], m.weight, h))
+            o_ = torch.addmm((self.l2.bias + self.level_bias[level])[:, None], self.l2.weight, h)
+            total = total + laplace_bits(x.flatten(1), o_[:C], o_[C:]).sum()
+        return total
 
     def forward(self, feats: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
         f = feats.flatten(1)                        # (F, n)
@@ -347,7 +400,7 @@ def _auto_ctx_width(lmbda: float, nvox: int) -> int:
 
 
 def _make_ctx(n_levels: int, cfg: LatentConfig) -> ContextModel:
-    return ContextModel(cfg.channels, cfg.ctx_width, n_levels, cfg.ctx_passes, cfg.ctx_layers)
+    return ContextModel(cfg.channels, cfg.ctx_width, n_levels, cfg.ctx_passes, cfg.ctx_layers, cfg.ctx_coarse)
 
 
 def _make_synth(n_levels: int, cfg: LatentConfig) -> Synthesis:
@@ -508,6 +561,8 @@ def _code_latents_8(latents, w, shapes, C: int, data, lo: int, hi: int, chunk: i
 
 
 def _code_8(latents, w, shapes, C: int, data, lo: int, hi: int, chunk: int, pool):
+    # the coarse context width follows from the stored first-layer shape: (ncoarse + 26) C + 8 inputs
+    ncoarse = (np.shape(w["ctx.l1.weight"])[1] - 8) // C - 26
     enc = latents is not None
     coder = LaplaceStream(lo, hi) if enc else LaplaceReader(data, lo, hi)
     f32 = {k: np.asarray(v, dtype=np.float64).astype(_CTX_DTYPE) for k, v in w.items()}
@@ -518,8 +573,8 @@ def _code_8(latents, w, shapes, C: int, data, lo: int, hi: int, chunk: int, pool
     out: list[np.ndarray | None] = [None] * len(shapes)
     for k in range(len(shapes) - 1, -1, -1):
         strides, co_p, cur_p, inner, flat_inner = _level_grid(out, k, shapes, C)
-        faces = (-strides[0], strides[0], -strides[1], strides[1], -strides[2], strides[2])
         offs26 = [a * strides[0] + b * strides[1] + c * strides[2] for a, b, c in _OFFSETS_26]
+        faces = offs26 if ncoarse == 27 else (-strides[0], strides[0], -strides[1], strides[1], -strides[2], strides[2])
         cur_flat = cur_p.reshape(C, -1)              # view
         pm = pass_map(shapes[k], 8)
         b2k = (b2 + lb[k]).astype(_CTX_DTYPE)
@@ -527,9 +582,9 @@ def _code_8(latents, w, shapes, C: int, data, lo: int, hi: int, chunk: int, pool
             mask = pm == p
             idx_all = flat_inner[mask]
             used = [o for o in range(26) if avail[p, o]]
-            cols = list(range(7 * C)) + [7 * C + o * C + c for o in used for c in range(C)]
+            cols = list(range(ncoarse * C)) + [ncoarse * C + o * C + c for o in used for c in range(C)]
             w1p = np.ascontiguousarray(w1[:, cols])
-            b1p = (b1 + w1[:, 33 * C + p]).astype(_CTX_DTYPE)
+            b1p = (b1 + w1[:, (ncoarse + 26) * C + p]).astype(_CTX_DTYPE)
 
             def params(s0, idx_all=idx_all, used=used, w1p=w1p, b1p=b1p, b2k=b2k):
                 idx = idx_all[s0:s0 + chunk]
@@ -785,6 +840,8 @@ class LatentModel:
             rows = np.arange(lo_, hi_)
             coarse = up_torch(qs[k + 1], shapes[k], rows) if k + 1 < L else None
             q = qs[k][:, lo_:hi_]
+            if cfg.ctx_passes == 8:
+                return ctx.pass_bits(q, coarse, k, lo_, a, b)
             mean, ls = ctx(ctx.features(q, coarse, pmaps[k][lo_:hi_]), k)
             return laplace_bits(q[:, a - lo_:b - lo_], mean[:, a - lo_:b - lo_], ls[:, a - lo_:b - lo_]).sum()
 

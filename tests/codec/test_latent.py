@@ -336,15 +336,17 @@ def test_wider_synthesis_renders_slab_by_slab_like_whole(kernel, convs):
         Synthesis(3, 6, 1, 2, 4, 1)
 
 
-@pytest.mark.parametrize("passes,layers", [(2, 2), (8, 3)])
-def test_deeper_context_codes_exactly(passes, layers):
-    """``ctx_layers`` > 1 (residual hidden layers): the coder's numpy twin decodes the latents bit for
-    bit and the estimate tracks the coded size."""
+@pytest.mark.parametrize("passes,layers,coarse", [(2, 2, 7), (8, 3, 7), (8, 2, 27)])
+def test_deeper_context_codes_exactly(passes, layers, coarse):
+    """``ctx_layers`` > 1 (residual hidden layers) and the 27-cell coarse context: the coder's numpy
+    twin decodes the latents bit for bit and the estimate tracks the coded size (the training
+    features and the coder's features are the same function)."""
     torch.set_num_threads(1)
     vol = _phantom((14, 12, 10), seed=6)
     enc = LatentModel().fit(vol, make_config("latent-tiny", steps=10, polish_steps=0, ctx_layers=layers,
-                                             ctx_passes=passes), device="cpu")
+                                             ctx_passes=passes, ctx_coarse=coarse), device="cpu")
     assert enc.config["ctx_layers"] == layers
+    assert enc.config.get("ctx_coarse", 7) == coarse
     ints, w, shapes, cfg = _decoded_ints(enc)
     assert f"ctx.mids.{layers - 2}.weight" in w and f"ctx.mids.{layers - 1}.weight" not in w
     assert code_latents(ints, w, shapes, 1, lo=enc.config["sym_range"][0], hi=enc.config["sym_range"][1],
@@ -411,3 +413,30 @@ def test_context_width_follows_the_rate_unless_given():
         enc = LatentModel().fit(vol, make_config("balanced", steps=2, polish_steps=0, **kw), device="cpu")
         assert enc.config["ctx_width"] == want
         np.testing.assert_array_equal(LatentModel().render(enc), enc.reconstruction)
+
+
+@pytest.mark.parametrize("coarse", [7, 27])
+def test_pass_by_pass_training_rate_equals_masked_features(coarse):
+    """The training rate is computed pass by pass on strided sub-lattices (no masks); it must be the
+    same function as the masked-feature forward, whole and on a row range with its halo rows, for
+    odd sizes, every phase."""
+    from inrv.codec.entropy import laplace_bits
+    from inrv.codec.latent import ContextModel, pass_map
+
+    torch.manual_seed(0)
+    ctx = ContextModel(2, 12, 3, passes=8, layers=3, coarse=coarse)
+    with torch.no_grad():
+        for prm in ctx.parameters():
+            prm.add_(torch.randn_like(prm) * 0.3)
+    q = torch.round(torch.randn(2, 9, 7, 6) * 3)
+    co = torch.randn(2, 9, 7, 6)
+    pm = torch.as_tensor(pass_map((9, 7, 6), 8))
+    mean, ls = ctx(ctx.features(q, co, pm), 1)
+    ref = laplace_bits(q, mean, ls)
+    assert torch.allclose(ctx.pass_bits(q, co, 1, 0, 0, 9), ref.sum(), rtol=1e-5)
+    assert torch.allclose(ctx.pass_bits(q, None, 1, 0, 0, 9),
+                          laplace_bits(q, *ctx(ctx.features(q, None, pm), 1)).sum(), rtol=1e-5)
+    for a, b in ((3, 6), (4, 7), (0, 2), (7, 9)):
+        lo, hi = max(0, a - 1), min(9, b + 1)
+        part = ctx.pass_bits(q[:, lo:hi], co[:, lo:hi], 1, lo, a, b)
+        assert torch.allclose(part, ref[:, a:b].sum(), rtol=1e-5), (a, b)
