@@ -1,26 +1,30 @@
-"""Whole-volume speed and memory of the paper model (issue 4): encode / decode seconds, peak memory,
-quality, real bits per voxel, and block-face vs interior PSNR (seams).
+"""Whole-volume speed and memory (issue 4): encode / decode seconds, peak memory, quality, real bits
+per voxel, and for the paper model's blocks, block-face vs interior PSNR (seams).
 
     python benchmarks/speed.py                               # GPU if present: full scale (preset steps)
     python benchmarks/speed.py --device cpu                  # CPU: reduced scale, see below
+    python benchmarks/speed.py --preset paper                # the paper model (blocks, seams)
     python benchmarks/speed.py --input scan.nii.gz --preset paper --steps 2000
-    python benchmarks/speed.py --synthetic 512               # 512^3 synthetic, tiny preset: peak memory
+    python benchmarks/speed.py --synthetic 512               # 512^3 synthetic: peak memory
 
-Input: ``--input`` (default /work/shared/data/mni_t1.nii.gz if present, else samples/mni_patch64.nii.gz).
-Encode goes through ``inrv.compress`` (load, fit, write the real ``.inrv``; its seconds include the
-fit's own verification decode and compress's quality decode); decode is timed on the chosen device
-and again on the CPU with ``--cpu-threads`` threads (default 2), from the ``.inrv`` bytes.
+The preset defaults to inrv's default (``balanced``, the latent model). Input: ``--input`` (default
+/work/shared/data/mni_t1.nii.gz if present, else samples/mni_patch64.nii.gz). Encode goes through
+``inrv.compress`` (load, fit, write the real ``.inrv``; its seconds include the fit's own
+verification decode and compress's quality decode); decode is timed on the chosen device and again
+on the CPU with ``--cpu-threads`` threads (default 2), from the ``.inrv`` bytes.
 
-CPU reduced scale (the default when the device is the CPU and ``--steps`` is not given):
-``--steps 20 --prefit 20``; the quality figures are then far from converged and say so; the
-seconds per step and decode seconds are the figures to read.
+CPU reduced scale (the default when the device is the CPU and ``--steps`` is not given): the latent
+presets train ``CPU_STEPS_LATENT`` (5) steps without polish steps, the paper presets ``--steps 20
+--prefit 20``; the quality figures are then far from converged and say so; the seconds per step,
+decode seconds and peak memory are the figures to read.
 
-Block faces: voxels within one voxel of a block boundary (the full-res block edge is the partition's
-low-res block size times the downsampling factor). ``seam_gap_db`` = interior PSNR - face PSNR.
+Block faces (paper model): voxels within one voxel of a block boundary (the full-res block edge is
+the partition's low-res block size times the downsampling factor). ``seam_gap_db`` = interior PSNR -
+face PSNR. The latent model has no blocks (no faces: null).
 
-``--synthetic N``: encodes an N^3 smooth synthetic volume (float32) with the ``tiny`` preset and
-few steps (``inrv.encode``, no file), reporting seconds and peak memory (GPU: max_memory_allocated;
-CPU: peak RSS from ``resource.getrusage``).
+``--synthetic N``: encodes an N^3 smooth synthetic volume (float32) with the preset and few steps
+(``inrv.encode``, no file), reporting seconds and peak memory (GPU: max_memory_allocated; CPU: peak
+RSS from ``resource.getrusage``).
 
 Targets printed beside the figures (issue 4, one H100): mni_t1 encode <= 30 s, decode <= 1 s on the
 GPU and <= 30 s on 2 CPU cores, peak GPU memory <= 4 GB; a 512^3 synthetic encodes without OOM.
@@ -40,6 +44,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_INPUTS = [Path("/work/shared/data/mni_t1.nii.gz"), ROOT / "samples" / "mni_patch64.nii.gz"]
+CPU_STEPS_LATENT = 5     # reduced CPU scale of the latent presets (a step of mni_t1 takes ~10 s on a CPU)
 TARGETS = {"encode_s": 30.0, "decode_gpu_s": 1.0, "decode_cpu2_s": 30.0, "peak_gpu_gb": 4.0}
 
 
@@ -77,6 +82,31 @@ def seam_psnr(ref: np.ndarray, test: np.ndarray, edges) -> dict:
             "face_fraction": float(face.mean())}
 
 
+def is_latent(preset: str) -> bool:
+    from inrv.codec.config import LatentConfig, make_config
+
+    return isinstance(make_config(preset), LatentConfig)
+
+
+def overrides(args, device: str, reduced: bool) -> dict:
+    """Config overrides for the run: the latent model takes steps (and, reduced, no polish steps);
+    the paper model steps, pre-fit steps and the block edge."""
+    if is_latent(args.preset):
+        over = {}
+        if args.steps is not None or reduced:
+            over["steps"] = args.steps if args.steps is not None else CPU_STEPS_LATENT
+        if reduced:
+            over["polish_steps"] = 0
+        return over
+    over = {"block": args.block}
+    if args.steps is not None or reduced:
+        over["steps"] = args.steps if args.steps is not None else 20
+        over["lr_prefit_steps"] = args.prefit if args.prefit is not None else (20 if reduced else None)
+    elif args.prefit is not None:
+        over["lr_prefit_steps"] = args.prefit
+    return over
+
+
 def run_volume(args, device: str) -> dict:
     import torch
 
@@ -86,12 +116,7 @@ def run_volume(args, device: str) -> dict:
 
     src = Path(args.input) if args.input else next(p for p in DEFAULT_INPUTS if p.exists())
     reduced = device == "cpu" and args.steps is None
-    over = {"block": args.block}
-    if args.steps is not None or reduced:
-        over["steps"] = args.steps if args.steps is not None else 20
-        over["lr_prefit_steps"] = args.prefit if args.prefit is not None else (20 if reduced else None)
-    elif args.prefit is not None:
-        over["lr_prefit_steps"] = args.prefit
+    over = overrides(args, device, reduced)
     vol = inrv.load(src)
     with tempfile.TemporaryDirectory() as td:
         dst = Path(td) / "v.inrv"
@@ -118,11 +143,12 @@ def run_volume(args, device: str) -> dict:
     x = vol.data.astype(np.float32)
     q = quality(x, y)
     pc = enc.config.get("partition")
-    ds = enc.config["ds"]
-    edges = [b * f for b, f in zip(pc["bl"], ds)] if pc else [0, 0, 0]
+    # the latent model has no blocks: no faces to compare (edges 0 = none)
+    edges = [b * f for b, f in zip(pc["bl"], enc.config["ds"])] if pc else [0, 0, 0]
     st = enc.stats
     return {
-        "input": str(src), "shape": list(x.shape), "device": device, "preset": args.preset, "overrides": over,
+        "input": str(src), "shape": list(x.shape), "device": device, "preset": args.preset,
+        "model": enc.model, "overrides": over,
         "reduced_scale": reduced, "steps": st.get("steps"), "train_seconds": st.get("train_seconds"),
         "seconds_per_step": (st["train_seconds"] / max(1, st.get("steps") or 1)) if st.get("train_seconds") else None,
         "encode_s": enc_s, "decode_s": dec_s, "decode_cpu_s": dec_cpu_s, "cpu_threads": args.cpu_threads,
@@ -150,33 +176,45 @@ def run_synthetic(args, device: str) -> dict:
     base = _rss_mb()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    steps = args.steps if args.steps is not None else (5 if device == "cpu" else 100)
+    latent = is_latent(args.preset)
+    steps = args.steps if args.steps is not None else (
+        (CPU_STEPS_LATENT if latent else 5) if device == "cpu" else (None if latent else 100))
+    over = {"steps": steps} if latent else {"steps": steps, "lr_prefit_steps": min(steps, 10), "block": args.block}
+    if latent and device == "cpu" and args.steps is None:
+        over["polish_steps"] = 0
     t0 = time.perf_counter()
-    enc = inrv.encode(x, "tiny", device=device, steps=steps, lr_prefit_steps=min(steps, 10), block=args.block)
+    enc = inrv.encode(x, args.preset, device=device, **over)
     s = time.perf_counter() - t0
-    return {"synthetic": args.synthetic, "device": device, "steps": steps, "encode_s": s,
-            "train_seconds": enc.stats["train_seconds"], "blocks": enc.stats["blocks"],
-            "volume_mb": x.nbytes / 2**20, "peak_rss_mb": _rss_mb(), "rss_before_mb": base,
+    st = enc.stats
+    return {"synthetic": args.synthetic, "device": device, "preset": args.preset, "model": enc.model,
+            "steps": st.get("steps"), "encode_s": s, "train_seconds": st.get("train_seconds"),
+            "blocks": st.get("blocks"), "volume_mb": x.nbytes / 2**20, "peak_rss_mb": _rss_mb(),
+            "rss_before_mb": base,
             "peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None,
-            "psnr_quantised": enc.stats["psnr_quantised"]}
+            "psnr": st.get("psnr_quantised", st.get("psnr")), "bpv": st.get("bpv_total")}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--input")
-    ap.add_argument("--preset", default="paper")
+    ap.add_argument("--preset", default=None,
+                    help="preset (default: inrv's default, the latent model's 'balanced')")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int)
     ap.add_argument("--prefit", type=int)
     ap.add_argument("--block", type=int, default=None, help="block edge in voxels (default: the preset's)")
     ap.add_argument("--cpu-threads", type=int, default=2)
-    ap.add_argument("--synthetic", type=int, help="encode an N^3 synthetic volume with the tiny preset")
+    ap.add_argument("--synthetic", type=int, help="encode an N^3 synthetic volume (peak memory)")
     ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args(argv)
     import torch
 
     from inrv.codec.device import resolve_device
 
+    if args.preset is None:
+        from inrv.codec.config import DEFAULT_PRESET
+
+        args.preset = DEFAULT_PRESET
     device = str(resolve_device(args.device))
     if device == "cpu":
         torch.set_num_threads(args.cpu_threads)

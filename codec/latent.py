@@ -873,6 +873,7 @@ class LatentModel:
 
         loss_v = float("nan")
         best: tuple = (math.inf, None, None, None)
+        t_train = time.time()
         for step in range(steps):
             frac = step / max(1, steps)
             lr_f = 0.5 * (1 + math.cos(math.pi * frac))
@@ -913,6 +914,7 @@ class LatentModel:
             opt.step()
             if progress and (step % 10 == 0 or step == steps - 1):
                 progress(step + 1, steps, {"loss": loss_v, "mse": float(dist.detach()), "bpv_est": float(bits.detach()) / nvox})
+        train_s = time.time() - t_train
         if best[1] is not None:
             with torch.no_grad():
                 for p, b in zip(lat, best[1]):
@@ -1013,7 +1015,7 @@ class LatentModel:
         cfg_bytes = len(msgpack.packb(conf, use_bin_type=True))
         sec = len(lat_bytes) + len(payload)
         enc.stats.update({
-            "steps": int(steps), "lambda": float(lmbda), "device": str(dev),
+            "steps": int(steps), "lambda": float(lmbda), "device": str(dev), "train_seconds": round(train_s, 2),
             "latent_bytes": len(lat_bytes), "synthesis_bytes": len(payload), "config_bytes": cfg_bytes,
             "bits_estimated": round(est_bits, 1), "bits_actual": 8 * len(lat_bytes),
             "bpv_sections": 8.0 * sec / nvox, "bpv_total": 8.0 * (sec + cfg_bytes) / nvox,
