@@ -47,7 +47,7 @@ from .quant import dequantize_state, quantize_state
 
 # version of this family's payload (config key "v"): 2 added entropy-coded network weights
 # ("wq"/"wmax"), deeper context models and wider synthesis options; a reader refuses a newer one
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3     # 3: files with a background mask (files without one are still written as 2)
 # config fields the decoder needs; always written to Encoded.config
 _ARCH_FIELDS = ("model", "levels", "channels", "synth_width", "synth_layers", "conv_channels", "ctx_width",
                 "ctx_passes", "ctx_layers", "upsample")
@@ -704,6 +704,47 @@ def _choose_weight_steps(state: dict[str, np.ndarray], names: list[str], dist_of
     return exps
 
 
+# ----------------------------------------------------------------------------- background mask
+
+def background_blocks(vol: np.ndarray, block: int) -> np.ndarray:
+    """(nb0, nb1, nb2) bool: the ``block``^3 blocks (the last ones partial) whose voxels all equal the
+    volume's minimum: the air around a head, the zero padding of a template."""
+    eq = vol == vol.min()
+    pads = [(0, (-n) % block) for n in vol.shape]
+    eq = np.pad(eq, pads, constant_values=True)
+    nb = [n // block for n in eq.shape]
+    return eq.reshape(nb[0], block, nb[1], block, nb[2], block).all(axis=(1, 3, 5))
+
+
+def expand_blocks(blocks: np.ndarray, block: int, shape, r0: int = 0, r1: int | None = None) -> np.ndarray:
+    """Voxel mask of rows ``[r0, r1)`` (first axis) of a volume of ``shape`` from its block mask."""
+    r1 = shape[0] if r1 is None else r1
+    b0 = blocks[r0 // block:(r1 - 1) // block + 1]
+    m = b0.repeat(block, 0).repeat(block, 1).repeat(block, 2)
+    off = r0 - (r0 // block) * block
+    return m[off:off + (r1 - r0), :shape[1], :shape[2]]
+
+
+def pack_blocks(blocks: np.ndarray) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=19).compress(np.packbits(blocks.ravel()).tobytes())
+
+
+def unpack_blocks(data: bytes, nb) -> np.ndarray:
+    """Inverse of :func:`pack_blocks` for a block grid of shape ``nb``; reads at most the bytes that grid
+    needs (a frame that declares more is not trusted), and a short or long payload is an error."""
+    import io
+
+    import zstandard
+
+    n = (int(np.prod(nb)) + 7) // 8
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read(n + 1)
+    if len(raw) != n:
+        raise InputError("corrupt background mask")
+    return np.unpackbits(np.frombuffer(raw, np.uint8), count=int(np.prod(nb))).astype(bool).reshape(nb)
+
+
 # ----------------------------------------------------------------------------- the family
 
 class LatentModel:
@@ -804,6 +845,19 @@ class LatentModel:
         span = hi - lo if hi > lo else 1.0
         x = torch.as_tensor(((vol - lo) / span).astype(np.float32), device=dev)
         nvox = int(np.prod(shape))
+        # background mask: blocks equal to the minimum are restored exactly, so their voxels leave
+        # the distortion (``keep`` = 0 there); without one, keep is None and nothing changes
+        bgb = background_blocks(vol, cfg.bg_block) if cfg.bg_block > 0 else None
+        if bgb is not None and not bgb.any():
+            bgb = None
+        keep = None
+        if bgb is not None:
+            keep = torch.as_tensor(~expand_blocks(bgb, cfg.bg_block, shape), device=dev).to(torch.float32)
+
+        def sqerr(pred, r0=0, r1=None):
+            r1 = shape[0] if r1 is None else r1
+            e = (pred - x[r0:r1]) ** 2
+            return torch.mean(e if keep is None else e * keep[r0:r1])
         shapes = level_shapes(shape, cfg.levels)
         L, C = len(shapes), cfg.channels
         if cfg.ctx_width is None:
@@ -895,11 +949,11 @@ class LatentModel:
                 r0 = int(torch.randint(0, shape[0] - slab + 1, (1,), generator=gen))
                 rows = np.arange(r0, r0 + slab)
                 pred = forward(qs, rows)
-                dist = torch.mean((pred - x[r0:r0 + slab]) ** 2)
+                dist = sqerr(pred, r0, r0 + slab)
                 bits = rate_bits(noisy, rows)
             else:
                 pred = forward(qs)
-                dist = torch.mean((pred - x) ** 2)
+                dist = sqerr(pred)
                 bits = rate_bits(noisy)
             loss = dist + lmbda * bits / nvox
             loss_v = float(loss.detach())
@@ -946,7 +1000,7 @@ class LatentModel:
             else:
                 def dist_of(deq):
                     load(deq)
-                    return float(torch.mean((forward(hard, ev_rows) - x[r0m:r0m + ev]) ** 2))
+                    return float(sqerr(forward(hard, ev_rows), r0m, r0m + ev))
 
                 def lat_bits_of(deq):
                     load(deq)
@@ -967,10 +1021,10 @@ class LatentModel:
                 if slab < shape[0]:
                     r0 = int(torch.randint(0, shape[0] - slab + 1, (1,), generator=gen))
                     rows = np.arange(r0, r0 + slab)
-                    dist = torch.mean((forward(qs, rows) - x[r0:r0 + slab]) ** 2)
+                    dist = sqerr(forward(qs, rows), r0, r0 + slab)
                     rb = rate_bits(qs, rows)
                 else:
-                    dist = torch.mean((forward(qs) - x) ** 2)
+                    dist = sqerr(forward(qs))
                     rb = rate_bits(qs)
                 loss = dist + lmbda * rb / nvox
                 opt2.zero_grad(set_to_none=True)
@@ -993,13 +1047,17 @@ class LatentModel:
                 if k in _ARCH_FIELDS or (v is not None and v != defaults.get(k))}
         conf["lmbda"] = float(lmbda)
         conf["steps"] = int(steps)
+        sections = {"latents": lat_bytes, "synthesis": payload}
+        conf.pop("bg_block", None)
+        if bgb is not None:
+            sections["background"] = pack_blocks(bgb)
+            conf["bg_block"] = int(cfg.bg_block)
         conf.update({
-            "v": FORMAT_VERSION,
+            "v": FORMAT_VERSION if bgb is not None else 2,
             "sym_range": [sym_lo, sym_hi],
             **wmeta,
         })
-        enc = Encoded(model="latent", config=conf, sections={"latents": lat_bytes, "synthesis": payload},
-                      shape=orig_shape, value_range=(lo, hi))
+        enc = Encoded(model="latent", config=conf, sections=sections, shape=orig_shape, value_range=(lo, hi))
         # honest check: decode through the real path and measure
         dec_ints = code_latents(None, deq, shapes, C, data=lat_bytes, lo=sym_lo, hi=sym_hi,
                                 passes=cfg.ctx_passes)
@@ -1013,10 +1071,12 @@ class LatentModel:
         import msgpack
 
         cfg_bytes = len(msgpack.packb(conf, use_bin_type=True))
-        sec = len(lat_bytes) + len(payload)
+        sec = sum(len(b) for b in sections.values())
         enc.stats.update({
             "steps": int(steps), "lambda": float(lmbda), "device": str(dev), "train_seconds": round(train_s, 2),
             "latent_bytes": len(lat_bytes), "synthesis_bytes": len(payload), "config_bytes": cfg_bytes,
+            "background_bytes": len(sections.get("background", b"")),
+            "background_fraction": 0.0 if keep is None else float(1.0 - keep.mean()),
             "bits_estimated": round(est_bits, 1), "bits_actual": 8 * len(lat_bytes),
             "bpv_sections": 8.0 * sec / nvox, "bpv_total": 8.0 * (sec + cfg_bytes) / nvox,
             "psnr": float(psnr(arr, rec)), "final_loss": loss_v, "levels": L,
@@ -1089,6 +1149,12 @@ class LatentModel:
             deq = _decode_nets(encoded.sections["synthesis"], conf, cfg, len(shapes))
             ints = code_latents(None, deq, shapes, cfg.channels, data=encoded.sections["latents"],
                                 lo=lo_s, hi=hi_s, passes=cfg.ctx_passes)
+            bgb = None
+            if conf.get("bg_block"):
+                bb = int(conf["bg_block"])
+                if bb < 1 or "background" not in encoded.sections:
+                    raise InputError("background mask declared but missing")
+                bgb = unpack_blocks(encoded.sections["background"], [-(-n // bb) for n in vshape])
         except InputError:
             raise
         except Exception as exc:  # corrupt/hostile payloads: one clear line
@@ -1104,6 +1170,8 @@ class LatentModel:
             for r0 in range(0, vshape[0], rows_per):
                 r1 = min(vshape[0], r0 + rows_per)
                 out[r0:r1] = syn(_synth_input(lat, vshape, r0, r1, cfg.upsample, syn.halo)).cpu().numpy()
+                if bgb is not None:     # background blocks: exactly the minimum (0 on this scale)
+                    out[r0:r1][expand_blocks(bgb, bb, vshape, r0, r1)] = 0.0
         lo, hi = encoded.value_range
         span = hi - lo if hi > lo else 1.0
         res = out.astype(np.float64) * span + lo

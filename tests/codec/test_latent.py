@@ -390,12 +390,13 @@ def test_weight_step_search_measures_every_step_and_keeps_the_cheapest():
 
 
 def test_newer_payload_version_is_refused_with_upgrade_message():
+    from inrv.codec.latent import FORMAT_VERSION
     from inrv.errors import UnsupportedVersionError
 
     vol = _phantom((12, 10, 8), seed=7)
     enc = LatentModel().fit(vol, make_config("latent-tiny", steps=4, polish_steps=0), device="cpu")
-    assert enc.config["v"] == 2
-    enc.config = dict(enc.config, v=3)
+    assert enc.config["v"] == 2           # files without a background mask stay readable by version-2 readers
+    enc.config = dict(enc.config, v=FORMAT_VERSION + 1)
     with pytest.raises(UnsupportedVersionError, match="upgrade"):
         LatentModel().render(enc)
 
@@ -440,3 +441,52 @@ def test_pass_by_pass_training_rate_equals_masked_features(coarse):
         lo, hi = max(0, a - 1), min(9, b + 1)
         part = ctx.pass_bits(q[:, lo:hi], co[:, lo:hi], 1, lo, a, b)
         assert torch.allclose(part, ref[:, a:b].sum(), rtol=1e-5), (a, b)
+
+
+def test_background_blocks_mask_expand_and_pack_round_trip():
+    """Blocks equal to the minimum, their voxel mask (whole or by rows, odd sizes), and the stored bits."""
+    from inrv.codec.latent import background_blocks, expand_blocks, pack_blocks, unpack_blocks
+
+    vol = np.full((11, 9, 6), 5, np.int16)
+    vol[6:, 2:4, 1] = 7                      # touches blocks (1, 0, 0) and (2, 0, 0) at block 4
+    bb = background_blocks(vol, 4)
+    assert bb.shape == (3, 3, 2)
+    assert not bb[1, 0, 0] and not bb[2, 0, 0] and bb[0, 0, 0] and bb[2, 2, 1]
+    full = expand_blocks(bb, 4, vol.shape)
+    assert full.shape == vol.shape and (vol[full] == 5).all()
+    for r0, r1 in ((0, 11), (3, 7), (5, 6), (8, 11)):
+        np.testing.assert_array_equal(expand_blocks(bb, 4, vol.shape, r0, r1), full[r0:r1])
+    np.testing.assert_array_equal(unpack_blocks(pack_blocks(bb), bb.shape), bb)
+    with pytest.raises(InputError):
+        unpack_blocks(pack_blocks(bb), (6, 3, 2))     # a grid that needs more bytes than stored
+
+
+def test_background_mask_restores_the_background_exactly_and_codes_honestly():
+    """With ``bg_block`` the all-minimum blocks decode to exactly the minimum, the mask's bytes are in
+    the rate, the payload is version 3 (older readers refuse it); without background no mask is
+    written and the payload stays version 2."""
+    from inrv.codec.latent import background_blocks, expand_blocks
+
+    torch.set_num_threads(1)
+    vol = _phantom((24, 20, 18), seed=3)
+    enc = LatentModel().fit(vol, make_config("latent-tiny", steps=20, polish_steps=0, bg_block=4), device="cpu")
+    assert enc.config["v"] == 3 and enc.config["bg_block"] == 4 and "background" in enc.sections
+    bg = expand_blocks(background_blocks(vol, 4), 4, vol.shape)
+    assert 0.2 < bg.mean() < 0.9
+    rec = LatentModel().render(enc)
+    assert (rec[bg] == 0).all()
+    assert enc.stats["background_fraction"] == pytest.approx(bg.mean())
+    sec = sum(len(b) for b in enc.sections.values())
+    assert enc.stats["bpv_sections"] == pytest.approx(8.0 * sec / vol.size)
+    full = np.full((8, 8, 8), 40, np.uint8)
+    full[2:5, 3:6, 1:7] = 90
+    full[0, 0, 0] = 10          # the minimum fills no whole block: no mask
+    e2 = LatentModel().fit(full, make_config("latent-tiny", steps=5, polish_steps=0, bg_block=4), device="cpu")
+    assert e2.config["v"] == 2 and "background" not in e2.sections and "bg_block" not in e2.config
+    bad = dict(enc.sections)
+    bad["background"] = bad["background"][:-3]
+    from inrv.codec.base import Encoded
+
+    broken = Encoded(model="latent", config=enc.config, sections=bad, shape=enc.shape, value_range=enc.value_range)
+    with pytest.raises(InputError):
+        LatentModel().render(broken)
