@@ -83,8 +83,9 @@ class LatentConfig:
     noise_a0: float = 1.0           # soft-rounding phase: Kumaraswamy noise shape at the start, annealed to 1 (uniform)
     soft_t1: float = 0.1            # ... and at the switch to hard rounding (geometric annealing)
     init_scale: float = 1.0         # latents start as a Laplacian pyramid with step ~ sqrt(lmbda); 0 = zeros
-    bg_block: int = 0               # > 0: blocks of this edge whose voxels all equal the volume minimum are
-                                    # coded as a bit mask and restored exactly (0 = no mask)
+    bg_block: int = 4               # > 0: blocks of this edge whose voxels all equal the volume minimum are
+                                    # coded as a bit mask and restored exactly, where they cover at least
+                                    # 20 % of the volume (0 = never)
 
 
 Config = Union[PaperConfig, LatentConfig]

@@ -47,6 +47,9 @@ from .quant import dequantize_state, quantize_state
 
 # version of this family's payload (config key "v"): 2 added entropy-coded network weights
 # ("wq"/"wmax"), deeper context models and wider synthesis options; a reader refuses a newer one
+# the background mask is used where its blocks cover at least this share of the voxels: on mni_t1
+# (77 %) it gains 1.8 dB at 0.5 bpv; on mni_patch64 (7 %) there is little to gain and ~100 B to pay
+BG_MIN_FRACTION = 0.2
 FORMAT_VERSION = 3     # 3: files with a background mask (files without one are still written as 2)
 # config fields the decoder needs; always written to Encoded.config
 _ARCH_FIELDS = ("model", "levels", "channels", "synth_width", "synth_layers", "conv_channels", "ctx_width",
@@ -848,11 +851,13 @@ class LatentModel:
         # background mask: blocks equal to the minimum are restored exactly, so their voxels leave
         # the distortion (``keep`` = 0 there); without one, keep is None and nothing changes
         bgb = background_blocks(vol, cfg.bg_block) if cfg.bg_block > 0 else None
-        if bgb is not None and not bgb.any():
-            bgb = None
         keep = None
         if bgb is not None:
-            keep = torch.as_tensor(~expand_blocks(bgb, cfg.bg_block, shape), device=dev).to(torch.float32)
+            keep = ~expand_blocks(bgb, cfg.bg_block, shape)
+            if keep.mean() > 1.0 - BG_MIN_FRACTION:
+                bgb = keep = None       # too little background for the mask to pay (or none)
+        if keep is not None:
+            keep = torch.as_tensor(keep, device=dev).to(torch.float32)
 
         def sqerr(pred, r0=0, r1=None):
             r1 = shape[0] if r1 is None else r1

@@ -61,7 +61,8 @@ def test_registry_and_encoded_shape(tiny_fit):
     vol, enc, calls = tiny_fit
     assert isinstance(get_model("latent"), LatentModel)
     assert enc.model == "latent" and tuple(enc.shape) == vol.shape
-    assert set(enc.sections) == {"latents", "synthesis"}
+    # the phantom's corners are background: with the default bg_block it gets a mask section
+    assert set(enc.sections) == {"latents", "synthesis", "background"}
     assert enc.value_range == (float(vol.min()), float(vol.max()))
     assert calls and calls[-1][0] == calls[-1][1] and "loss" in calls[-1][2]
     import msgpack
@@ -394,7 +395,7 @@ def test_newer_payload_version_is_refused_with_upgrade_message():
     from inrv.errors import UnsupportedVersionError
 
     vol = _phantom((12, 10, 8), seed=7)
-    enc = LatentModel().fit(vol, make_config("latent-tiny", steps=4, polish_steps=0), device="cpu")
+    enc = LatentModel().fit(vol, make_config("latent-tiny", steps=4, polish_steps=0, bg_block=0), device="cpu")
     assert enc.config["v"] == 2           # files without a background mask stay readable by version-2 readers
     enc.config = dict(enc.config, v=FORMAT_VERSION + 1)
     with pytest.raises(UnsupportedVersionError, match="upgrade"):
@@ -483,6 +484,14 @@ def test_background_mask_restores_the_background_exactly_and_codes_honestly():
     full[0, 0, 0] = 10          # the minimum fills no whole block: no mask
     e2 = LatentModel().fit(full, make_config("latent-tiny", steps=5, polish_steps=0, bg_block=4), device="cpu")
     assert e2.config["v"] == 2 and "background" not in e2.sections and "bg_block" not in e2.config
+    little = np.full((16, 16, 16), 40, np.uint8)
+    little[:4, :4, :8] = 0      # 2 of 64 blocks (3 %): below the 20 % at which the mask pays
+    e3 = LatentModel().fit(little, make_config("latent-tiny", steps=5, polish_steps=0), device="cpu")
+    assert "background" not in e3.sections and e3.stats["background_fraction"] == 0.0
+    little[:8] = 0              # half of the volume: the default (bg_block 4) masks it
+    e4 = LatentModel().fit(little, make_config("latent-tiny", steps=5, polish_steps=0), device="cpu")
+    assert e4.config["bg_block"] == 4 and e4.stats["background_fraction"] == pytest.approx(0.5)
+    assert (LatentModel().render(e4)[:8] == 0).all()
     bad = dict(enc.sections)
     bad["background"] = bad["background"][:-3]
     from inrv.codec.base import Encoded
