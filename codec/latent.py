@@ -857,7 +857,7 @@ class LatentModel:
             if keep.mean() > 1.0 - BG_MIN_FRACTION:
                 bgb = keep = None       # too little background for the mask to pay (or none)
         if keep is not None:
-            keep = torch.as_tensor(keep, device=dev).to(torch.float32)
+            keep = torch.as_tensor(keep, device=dev)     # bool: a quarter of a float mask's memory
 
         def sqerr(pred, r0=0, r1=None):
             r1 = shape[0] if r1 is None else r1
@@ -1081,7 +1081,7 @@ class LatentModel:
             "steps": int(steps), "lambda": float(lmbda), "device": str(dev), "train_seconds": round(train_s, 2),
             "latent_bytes": len(lat_bytes), "synthesis_bytes": len(payload), "config_bytes": cfg_bytes,
             "background_bytes": len(sections.get("background", b"")),
-            "background_fraction": 0.0 if keep is None else float(1.0 - keep.mean()),
+            "background_fraction": 0.0 if keep is None else float(1.0 - keep.float().mean()),
             "bits_estimated": round(est_bits, 1), "bits_actual": 8 * len(lat_bytes),
             "bpv_sections": 8.0 * sec / nvox, "bpv_total": 8.0 * (sec + cfg_bytes) / nvox,
             "psnr": float(psnr(arr, rec)), "final_loss": loss_v, "levels": L,
