@@ -722,10 +722,8 @@ def background_blocks(vol: np.ndarray, block: int) -> np.ndarray:
 def expand_blocks(blocks: np.ndarray, block: int, shape, r0: int = 0, r1: int | None = None) -> np.ndarray:
     """Voxel mask of rows ``[r0, r1)`` (first axis) of a volume of ``shape`` from its block mask."""
     r1 = shape[0] if r1 is None else r1
-    b0 = blocks[r0 // block:(r1 - 1) // block + 1]
-    m = b0.repeat(block, 0).repeat(block, 1).repeat(block, 2)
-    off = r0 - (r0 // block) * block
-    return m[off:off + (r1 - r0), :shape[1], :shape[2]]
+    # index by block number: memory is that of the output, whatever the block edge a file declares
+    return blocks[np.ix_(np.arange(r0, r1) // block, np.arange(shape[1]) // block, np.arange(shape[2]) // block)]
 
 
 def pack_blocks(blocks: np.ndarray) -> bytes:
@@ -1157,8 +1155,8 @@ class LatentModel:
             bgb = None
             if conf.get("bg_block"):
                 bb = int(conf["bg_block"])
-                if bb < 1 or "background" not in encoded.sections:
-                    raise InputError("background mask declared but missing")
+                if not 1 <= bb <= max(vshape) or "background" not in encoded.sections:
+                    raise InputError("background mask declared but missing or invalid")
                 bgb = unpack_blocks(encoded.sections["background"], [-(-n // bb) for n in vshape])
         except InputError:
             raise

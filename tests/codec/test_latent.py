@@ -499,3 +499,7 @@ def test_background_mask_restores_the_background_exactly_and_codes_honestly():
     broken = Encoded(model="latent", config=enc.config, sections=bad, shape=enc.shape, value_range=enc.value_range)
     with pytest.raises(InputError):
         LatentModel().render(broken)
+    huge = Encoded(model="latent", config=dict(enc.config, bg_block=10**9), sections=enc.sections,
+                   shape=enc.shape, value_range=enc.value_range)
+    with pytest.raises(InputError):     # a hostile block edge is refused, not expanded
+        LatentModel().render(huge)
