@@ -40,7 +40,7 @@ from torch import nn
 from ..errors import InputError, RunError, UnsupportedVersionError
 from .base import Encoded, Progress
 from .config import LatentConfig, config_from_dict, config_to_dict
-from .device import resolve_device, seed_everything
+from .device import resolve_device, seed_everything, tune_cpu_allocator
 from .entropy import LaplaceReader, LaplaceStream, laplace_bits, snap_params
 from . import netcode
 from .quant import dequantize_state, quantize_state
@@ -229,6 +229,32 @@ def _neigh_torch(x: torch.Tensor) -> list[torch.Tensor]:
 
 # ----------------------------------------------------------------------------- networks
 
+class _Gather(torch.autograd.Function):
+    """Strided slices of one tensor, concatenated per group along axis 0 (one output per group).
+
+    Autograd through plain slicing allocates a zero tensor the size of the sliced input for every
+    slice in the backward pass; here the backward accumulates every group's gradient into one
+    zero tensor (a context pass gathers ~20 neighbours of a level: ~20x less gradient traffic)."""
+
+    @staticmethod
+    def forward(ctx, t, groups):
+        ctx.shape, ctx.groups = t.shape, groups
+        return tuple(torch.cat([t[ix] for ix in g], 0) for g in groups)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        out = None
+        for g, gr in zip(ctx.groups, grads):
+            if gr is None:
+                continue
+            if out is None:
+                out = gr.new_zeros(ctx.shape)
+            c = gr.shape[0] // len(g)
+            for k, ix in enumerate(g):
+                out[ix] += gr[k * c:(k + 1) * c]
+        return out, None
+
+
 class ContextModel(nn.Module):
     """Per-latent Laplace (mean, log-scale) from coarser-level and checkerboard-neighbour features.
 
@@ -298,7 +324,7 @@ class ContextModel(nn.Module):
         c_offs = _OFFSETS_26 if self.coarse == 27 else _FACES_6
         nco = self.coarse
         w1, b1 = self.l1.weight, self.l1.bias
-        total = q.new_zeros(())
+        plan, q_groups, c_groups = [], [], []
         for p, ph in enumerate(_PASS_ORDER_8):
             pa, pb, pc = (ph >> 2) & 1, (ph >> 1) & 1, ph & 1
             s0 = a + ((pa - a) % 2) - r_lo          # first counted local row of this phase
@@ -306,27 +332,38 @@ class ContextModel(nn.Module):
             if s0 >= e0 or pb >= B or pc >= D:
                 continue
 
-            def at(t, u, v, w):
-                return t[:, 1 + s0 + u:1 + e0 + u:2, 1 + pb + v:1 + B + v:2, 1 + pc + w:1 + D + w:2]
+            def at(u, v, w, s0=s0, e0=e0, pb=pb, pc=pc):
+                return (slice(None), slice(1 + s0 + u, 1 + e0 + u, 2), slice(1 + pb + v, 1 + B + v, 2),
+                        slice(1 + pc + w, 1 + D + w, 2))
 
             used = [o for o in range(26) if avail[p, o]]
-            parts = [at(cp, 0, 0, 0)] + [at(cp, *o) for o in c_offs] + [at(qp, *_OFFSETS_26[o]) for o in used]
-            x = at(qp, 0, 0, 0)
-            f = torch.cat(parts, 0).flatten(1)
+            # this level: the latent itself, then its visible neighbours; the coarser grid: the
+            # value here and its neighbours (one gather per grid, see _Gather)
+            q_groups.append([at(0, 0, 0)] + [at(*_OFFSETS_26[o]) for o in used])
+            c_groups.append([at(0, 0, 0)] + [at(*o) for o in c_offs])
+            plan.append((p, used))
+        if not plan:
+            return q.new_zeros(())
+        qf = _Gather.apply(qp, q_groups)
+        cf = _Gather.apply(cp, c_groups)
+        total = q.new_zeros(())
+        for (p, used), qg, cg in zip(plan, qf, cf):
+            x = qg[:C].flatten(1)
+            f = torch.cat([cg, qg[C:]], 0).flatten(1)
             cols = list(range(nco * C)) + [nco * C + o * C + c for o in used for c in range(C)]
             bias = b1 + w1[:, (nco + 26) * C + p]
-            h = torch.relu(torch.addmm(bias[:, None], w1[:, cols], f))
+            h = torch.addmm(bias[:, None], w1[:, cols], f).relu_()
             for m in self.mids:
-                h = h + torch.relu(torch.addmm(m.bias[:, None], m.weight, h))
+                h = h + torch.addmm(m.bias[:, None], m.weight, h).relu_()
             o_ = torch.addmm((self.l2.bias + self.level_bias[level])[:, None], self.l2.weight, h)
-            total = total + laplace_bits(x.flatten(1), o_[:C], o_[C:]).sum()
+            total = total + laplace_bits(x, o_[:C], o_[C:]).sum()
         return total
 
     def forward(self, feats: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
         f = feats.flatten(1)                        # (F, n)
-        h = torch.relu(torch.addmm(self.l1.bias[:, None], self.l1.weight, f))
+        h = torch.addmm(self.l1.bias[:, None], self.l1.weight, f).relu_()
         for m in self.mids:
-            h = h + torch.relu(torch.addmm(m.bias[:, None], m.weight, h))
+            h = h + torch.addmm(m.bias[:, None], m.weight, h).relu_()
         o = torch.addmm((self.l2.bias + self.level_bias[level])[:, None], self.l2.weight, h)
         o = o.reshape(2 * self.c, *feats.shape[1:])
         return o[: self.c], o[self.c:]
@@ -344,6 +381,7 @@ class Synthesis(nn.Module):
     """
 
     HALO = 1    # halo of the default architecture (instances: ``self.halo``)
+    channels_last = True    # the final convolution channels-last on a CPU (faster backward)
 
     def __init__(self, n_in: int, width: int, layers: int, conv_ch: int, kernel: int = 3, convs: int = 1):
         super().__init__()
@@ -375,12 +413,16 @@ class Synthesis(nn.Module):
         # feats: (F, a+2h, b+2h, c+2h) -> (a, b, c). Channels-first matmuls: (W, F) @ (F, n).
         h = feats.flatten(1)
         for m in self.net:
-            h = torch.relu(h) if isinstance(m, nn.ReLU) else torch.addmm(m.bias[:, None], m.weight, h)
+            h = h.relu_() if isinstance(m, nn.ReLU) else torch.addmm(m.bias[:, None], m.weight, h)
         h = h.reshape((-1,) + feats.shape[1:])
         if self.mid is not None:
             h = torch.relu(self.mid(h[None]))[0]
             feats = feats[:, 1:-1, 1:-1, 1:-1]
-        return self.skip(torch.cat([feats, h], 0)[None])[0, 0]
+        z = torch.cat([feats, h], 0)[None]
+        if self.channels_last and z.device.type == "cpu":
+            # oneDNN's 3D convolution backward is ~1.3x faster channels-last on a CPU
+            z = z.contiguous(memory_format=torch.channels_last_3d)
+        return self.skip(z)[0, 0]
 
 
 def _synth_input(qs, shape, r0: int, r1: int, upsample: str = "linear", halo: int = Synthesis.HALO) -> torch.Tensor:
@@ -776,6 +818,7 @@ class LatentModel:
             raise InputError(f"unknown upsampling {cfg.upsample!r} (linear or cubic)")
         pass_map((1, 1, 1), cfg.ctx_passes)       # validates ctx_passes
         dev = resolve_device(device)
+        tune_cpu_allocator(dev)
         t0 = time.time()
         if cfg.target_bpv is None and cfg.target_psnr is None:
             enc = self._fit_once(arr, cfg, cfg.lmbda, cfg.steps, dev, progress)
@@ -1163,6 +1206,7 @@ class LatentModel:
         except Exception as exc:  # corrupt/hostile payloads: one clear line
             raise InputError(f"cannot decode latent-model payload: {exc}") from None
         dev = resolve_device(device)
+        tune_cpu_allocator(dev)
         syn = _make_synth(len(shapes), cfg)
         syn.load_state_dict({k[4:]: torch.as_tensor(v) for k, v in deq.items() if k.startswith("syn.")})
         syn = syn.to(dev).eval()

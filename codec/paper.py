@@ -342,7 +342,7 @@ class PaperModel:
             progress: Progress | None = None) -> Encoded:
         import torch
 
-        from .device import resolve_device, seed_everything
+        from .device import resolve_device, seed_everything, tune_cpu_allocator
         from .quant import quantize_state
 
         if not isinstance(config, PaperConfig):
@@ -358,6 +358,7 @@ class PaperModel:
         lr_target = kspace_downsample(norm, ds)
 
         dev = resolve_device(device)
+        tune_cpu_allocator(dev)
         seed_everything(config.seed)
         part = make_partition(norm, lr_shape, ds, int(config.block))
         net = _build(config, part).to(dev)
@@ -501,7 +502,7 @@ class PaperModel:
                device: str | None = None) -> np.ndarray:
         import torch
 
-        from .device import resolve_device
+        from .device import resolve_device, tune_cpu_allocator
         from .quant import dequantize_state
 
         if encoded.model != self.name:
@@ -534,6 +535,7 @@ class PaperModel:
         if part is not None and int(part.active.sum()) > len(encoded.sections["weights"]):
             raise FormatError("paper stream: more blocks than stored weights")
         dev = resolve_device(device)
+        tune_cpu_allocator(dev)
         net = _build(cfg, part)
         own = dict(net.named_parameters())
         if set(own) != set(state) or any(tuple(own[k].shape) != state[k].shape for k in own):

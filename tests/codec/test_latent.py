@@ -442,6 +442,18 @@ def test_pass_by_pass_training_rate_equals_masked_features(coarse):
         lo, hi = max(0, a - 1), min(9, b + 1)
         part = ctx.pass_bits(q[:, lo:hi], co[:, lo:hi], 1, lo, a, b)
         assert torch.allclose(part, ref[:, a:b].sum(), rtol=1e-5), (a, b)
+    # gradients too (the training rate gathers neighbours with its own backward): with respect to
+    # the latents, the coarse grid and the network, against autograd through the masked features
+    qg, cg = q.clone().requires_grad_(), co.clone().requires_grad_()
+    ctx.zero_grad()
+    laplace_bits(qg, *ctx(ctx.features(qg, cg, pm), 1)).sum().backward()
+    want = [qg.grad.clone(), cg.grad.clone()] + [prm.grad.clone() for prm in ctx.parameters()]
+    qg.grad = cg.grad = None
+    ctx.zero_grad()
+    ctx.pass_bits(qg, cg, 1, 0, 0, 9).backward()
+    got = [qg.grad, cg.grad] + [prm.grad for prm in ctx.parameters()]
+    for g, w in zip(got, want):
+        assert float((g - w).abs().max()) <= 1e-4 * float(w.abs().max()), float((g - w).abs().max())
 
 
 def test_background_blocks_mask_expand_and_pack_round_trip():
