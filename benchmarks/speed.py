@@ -22,6 +22,11 @@ Block faces (paper model): voxels within one voxel of a block boundary (the full
 the partition's low-res block size times the downsampling factor). ``seam_gap_db`` = interior PSNR -
 face PSNR. The latent model has no blocks (no faces: null).
 
+``--tensor-peak``: also reports ``peak_tensor_gb_encode``, the peak of live torch tensors during the
+encode (``torch.distributed._tools.MemTracker``). Run on a CPU it estimates the GPU's
+``max_memory_allocated`` for the same encode (the same tensors, less the CUDA libraries' workspaces):
+an estimate, not the GPU measurement.
+
 ``--synthetic N``: encodes an N^3 smooth synthetic volume (float32) with the preset and few steps
 (``inrv.encode``, no file), reporting seconds and peak memory (GPU: max_memory_allocated; CPU: peak
 RSS from ``resource.getrusage``).
@@ -33,6 +38,7 @@ GPU and <= 30 s on 2 CPU cores, peak GPU memory <= 4 GB; a 512^3 synthetic encod
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import sys
@@ -50,6 +56,23 @@ TARGETS = {"encode_s": 30.0, "decode_gpu_s": 1.0, "decode_cpu2_s": 30.0, "peak_g
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # Linux: kB
+
+
+@contextlib.contextmanager
+def tensor_peak(enabled: bool):
+    """Peak bytes of live torch tensors inside the block (``torch.distributed._tools.MemTracker``):
+    on a CPU run, what the same run would hold in ``torch.cuda.max_memory_allocated`` on a GPU, less
+    the CUDA libraries' own workspaces (an estimate of the GPU figure, not a measurement of it)."""
+    box = {"gb": None}
+    if not enabled:
+        yield box
+        return
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    mt = MemTracker()
+    with mt:
+        yield box
+    box["gb"] = sum(d["Total"] for d in mt.get_tracker_snapshot("peak").values()) / 2**30
 
 
 def face_mask(shape, edges) -> np.ndarray:
@@ -123,7 +146,8 @@ def run_volume(args, device: str) -> dict:
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        summary = inrv.compress(src, dst, args.preset, device=device, **over)
+        with tensor_peak(args.tensor_peak) as tp:
+            summary = inrv.compress(src, dst, args.preset, device=device, **over)
         enc_s = time.perf_counter() - t0
         peak_gpu = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
         nbytes = dst.stat().st_size
@@ -152,7 +176,7 @@ def run_volume(args, device: str) -> dict:
         "reduced_scale": reduced, "steps": st.get("steps"), "train_seconds": st.get("train_seconds"),
         "seconds_per_step": (st["train_seconds"] / max(1, st.get("steps") or 1)) if st.get("train_seconds") else None,
         "encode_s": enc_s, "decode_s": dec_s, "decode_cpu_s": dec_cpu_s, "cpu_threads": args.cpu_threads,
-        "peak_gpu_gb": peak_gpu, "peak_rss_mb": _rss_mb(), "psnr": q.get("psnr"), "ssim": q.get("ssim"),
+        "peak_gpu_gb": peak_gpu, "peak_tensor_gb_encode": tp["gb"], "peak_rss_mb": _rss_mb(), "psnr": q.get("psnr"), "ssim": q.get("ssim"),
         "bpv": 8.0 * nbytes / x.size, "file_bytes": nbytes, "params": st.get("params"),
         "blocks": st.get("blocks"), "active_blocks": st.get("active_blocks"), "block_edge_voxels": edges,
         **seam_psnr(x, y, edges), "targets": TARGETS, "summary_psnr": summary.get("psnr"),
@@ -183,7 +207,8 @@ def run_synthetic(args, device: str) -> dict:
     if latent and device == "cpu" and args.steps is None:
         over["polish_steps"] = 0
     t0 = time.perf_counter()
-    enc = inrv.encode(x, args.preset, device=device, **over)
+    with tensor_peak(args.tensor_peak) as tp:
+        enc = inrv.encode(x, args.preset, device=device, **over)
     s = time.perf_counter() - t0
     st = enc.stats
     return {"synthetic": args.synthetic, "device": device, "preset": args.preset, "model": enc.model,
@@ -191,7 +216,7 @@ def run_synthetic(args, device: str) -> dict:
             "blocks": st.get("blocks"), "volume_mb": x.nbytes / 2**20, "peak_rss_mb": _rss_mb(),
             "rss_before_mb": base,
             "peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None,
-            "psnr": st.get("psnr_quantised", st.get("psnr")), "bpv": st.get("bpv_total")}
+            "peak_tensor_gb_encode": tp["gb"], "psnr": st.get("psnr_quantised", st.get("psnr")), "bpv": st.get("bpv_total")}
 
 
 def main(argv=None) -> int:
@@ -206,6 +231,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu-threads", type=int, default=2)
     ap.add_argument("--synthetic", type=int, help="encode an N^3 synthetic volume (peak memory)")
     ap.add_argument("--json", help="also write the result here")
+    ap.add_argument("--tensor-peak", action="store_true",
+                    help="also report the encode's peak live tensor memory (MemTracker; on a CPU, an "
+                         "estimate of the GPU's peak; slows the encode)")
     args = ap.parse_args(argv)
     import torch
 

@@ -529,7 +529,7 @@ def _gather_features(co_p: np.ndarray, cur_p: np.ndarray | None, idx: np.ndarray
 def _level_grid(out, k: int, shapes, C: int):
     """Working grids of level ``k`` for the coder: strides of the zero-padded grid, the coarser level
     (already decoded) upsampled onto it (flat, float64), the padded grid this level is decoded into,
-    its interior view, and the padded flat index of every interior cell (C order)."""
+    and its interior view."""
     shp = shapes[k]
     pshp = tuple(n + 2 for n in shp)
     strides = (pshp[1] * pshp[2], pshp[2], 1)
@@ -537,9 +537,13 @@ def _level_grid(out, k: int, shapes, C: int):
     if k + 1 < len(shapes):
         co_p[:, 1:-1, 1:-1, 1:-1] = up_numpy(out[k + 1].astype(np.float64), shp)
     cur_p = np.zeros((C,) + pshp)
-    flat_inner = (np.arange(shp[0])[:, None, None] + 1) * strides[0] + \
-                 (np.arange(shp[1])[None, :, None] + 1) * strides[1] + (np.arange(shp[2])[None, None, :] + 1)
-    return strides, co_p.reshape(C, -1), cur_p, cur_p[:, 1:-1, 1:-1, 1:-1], flat_inner
+    return strides, co_p.reshape(C, -1), cur_p, cur_p[:, 1:-1, 1:-1, 1:-1]
+
+
+def _flat_inner(shp, strides, start=(0, 0, 0), step: int = 1) -> np.ndarray:
+    """Padded flat indices (C order) of the interior cells ``start + step * (i, j, k)`` of a level."""
+    i, j, k = (np.arange(a, n, step) + 1 for a, n in zip(start, shp))
+    return i[:, None, None] * strides[0] + j[None, :, None] * strides[1] + k[None, None, :]
 
 
 def _code_pass(coder, vals, plist, chunk: int, C: int, n: int):
@@ -574,7 +578,8 @@ def code_latents(latents: list[np.ndarray] | None, w: dict[str, np.ndarray], sha
     C = channels
     out: list[np.ndarray | None] = [None] * len(shapes)
     for k in range(len(shapes) - 1, -1, -1):
-        strides, co_p, cur_p, inner, flat_inner = _level_grid(out, k, shapes, C)
+        strides, co_p, cur_p, inner = _level_grid(out, k, shapes, C)
+        flat_inner = _flat_inner(shapes[k], strides)
         hb = parity(shapes[k])
         for half in (False, True):
             mask = hb if half else ~hb
@@ -617,15 +622,16 @@ def _code_8(latents, w, shapes, C: int, data, lo: int, hi: int, chunk: int, pool
     avail = avail_table()
     out: list[np.ndarray | None] = [None] * len(shapes)
     for k in range(len(shapes) - 1, -1, -1):
-        strides, co_p, cur_p, inner, flat_inner = _level_grid(out, k, shapes, C)
+        strides, co_p, cur_p, inner = _level_grid(out, k, shapes, C)
         offs26 = [a * strides[0] + b * strides[1] + c * strides[2] for a, b, c in _OFFSETS_26]
         faces = offs26 if ncoarse == 27 else (-strides[0], strides[0], -strides[1], strides[1], -strides[2], strides[2])
         cur_flat = cur_p.reshape(C, -1)              # view
-        pm = pass_map(shapes[k], 8)
         b2k = (b2 + lb[k]).astype(_CTX_DTYPE)
-        for p in range(8):
-            mask = pm == p
-            idx_all = flat_inner[mask]
+        for p, ph in enumerate(_PASS_ORDER_8):
+            # pass p is the sub-lattice of index parities ph: its cells in C order, as strided views
+            # (no level-sized index or mask arrays: on 512^3 those were 1 GB each)
+            sub = (slice(None),) + tuple(slice(b_, None, 2) for b_ in ((ph >> 2) & 1, (ph >> 1) & 1, ph & 1))
+            idx_all = _flat_inner(shapes[k], strides, ((ph >> 2) & 1, (ph >> 1) & 1, ph & 1), 2).ravel()
             used = [o for o in range(26) if avail[p, o]]
             cols = list(range(ncoarse * C)) + [ncoarse * C + o * C + c for o in used for c in range(C)]
             w1p = np.ascontiguousarray(w1[:, cols])
@@ -646,8 +652,8 @@ def _code_8(latents, w, shapes, C: int, data, lo: int, hi: int, chunk: int, pool
                 plist = list(pool.map(params, starts))
             else:
                 plist = [params(s0) for s0 in starts]
-            vals = latents[k][:, mask].astype(np.int32) if enc else None
-            inner[:, mask] = _code_pass(coder, vals, plist, chunk, C, idx_all.size)
+            vals = latents[k][sub].reshape(C, -1).astype(np.int32) if enc else None
+            inner[sub] = _code_pass(coder, vals, plist, chunk, C, idx_all.size).reshape(inner[sub].shape)
         out[k] = np.ascontiguousarray(inner).astype(np.int32)
     return coder.getvalue() if enc else out
 
@@ -883,11 +889,16 @@ class LatentModel:
                   progress: Progress | None) -> Encoded:
         seed_everything(cfg.seed)
         orig_shape = tuple(int(s) for s in arr.shape)
-        vol = arr.reshape(orig_shape + (1,) * (3 - arr.ndim)).astype(np.float64)
+        vol = arr.reshape(orig_shape + (1,) * (3 - arr.ndim))      # a view: no float64 copy kept
         shape = tuple(vol.shape)
         lo, hi = float(vol.min()), float(vol.max())
         span = hi - lo if hi > lo else 1.0
-        x = torch.as_tensor(((vol - lo) / span).astype(np.float32), device=dev)
+        xn = np.empty(shape, np.float32)
+        rows_ = max(1, (1 << 22) // max(1, shape[1] * shape[2]))
+        for r in range(0, shape[0], rows_):      # normalised in float64, by slabs of ~4 M voxels
+            xn[r:r + rows_] = (vol[r:r + rows_].astype(np.float64) - lo) / span
+        x = torch.as_tensor(xn, device=dev)
+        del xn
         nvox = int(np.prod(shape))
         # background mask: blocks equal to the minimum are restored exactly, so their voxels leave
         # the distortion (``keep`` = 0 there); without one, keep is None and nothing changes
@@ -931,7 +942,8 @@ class LatentModel:
             r0, r1 = (0, shape[0]) if rows is None else (int(rows[0]), int(rows[-1]) + 1)
             return syn(_synth_input(qs, shape, r0, r1, cfg.upsample, syn.halo))
 
-        pmaps = [torch.as_tensor(pass_map(sh, cfg.ctx_passes), device=dev) for sh in shapes]
+        # coding pass of every latent: only the checkerboard context's training rate uses them
+        pmaps = [torch.as_tensor(pass_map(sh, 2), device=dev) for sh in shapes] if cfg.ctx_passes == 2 else None
 
         def level_bits(qs, k: int, a: int, b: int):
             """Bits of rows [a, b) (first axis) of level k, computed on rows [a-1, b+1) so that
