@@ -23,9 +23,10 @@ the partition's low-res block size times the downsampling factor). ``seam_gap_db
 face PSNR. The latent model has no blocks (no faces: null).
 
 ``--tensor-peak``: also reports ``peak_tensor_gb_encode``, the peak of live torch tensors during the
-encode (``torch.distributed._tools.MemTracker``). Run on a CPU it estimates the GPU's
+encode (a dispatch mode that counts every storage from creation to release). Run on a CPU it estimates the GPU's
 ``max_memory_allocated`` for the same encode (the same tensors, less the CUDA libraries' workspaces):
-an estimate, not the GPU measurement.
+an estimate, not the GPU measurement. With ``--tensor-peak`` a CPU run of the latent model trains with
+``rate_checkpoint`` on, as a CUDA run does by default.
 
 ``--synthetic N``: encodes an N^3 smooth synthetic volume (float32) with the preset and few steps
 (``inrv.encode``, no file), reporting seconds and peak memory (GPU: max_memory_allocated; CPU: peak
@@ -60,19 +61,48 @@ def _rss_mb() -> float:
 
 @contextlib.contextmanager
 def tensor_peak(enabled: bool):
-    """Peak bytes of live torch tensors inside the block (``torch.distributed._tools.MemTracker``):
-    on a CPU run, what the same run would hold in ``torch.cuda.max_memory_allocated`` on a GPU, less
-    the CUDA libraries' own workspaces (an estimate of the GPU figure, not a measurement of it)."""
+    """Peak bytes of live torch tensor storages created inside the block, counted by a dispatch mode
+    (each new storage is added when an op returns it and removed when it is freed). On a CPU run this
+    is what the same run would hold in ``torch.cuda.max_memory_allocated`` on a GPU, less the CUDA
+    libraries' own workspaces and the allocator's rounding: an estimate of the GPU figure, not a
+    measurement of it."""
     box = {"gb": None}
     if not enabled:
         yield box
         return
-    from torch.distributed._tools.mem_tracker import MemTracker
+    import weakref
 
-    mt = MemTracker()
-    with mt:
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+    from torch.utils.weak import WeakIdKeyDictionary
+
+    class Peak(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.cur = self.peak = 0
+            self.seen = WeakIdKeyDictionary()
+
+        def _free(self, n):
+            self.cur -= n
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor) and not t.is_meta:
+                    st = t.untyped_storage()
+                    if st not in self.seen:
+                        n = st.nbytes()
+                        self.seen[st] = n
+                        self.cur += n
+                        self.peak = max(self.peak, self.cur)
+                        weakref.finalize(st, self._free, n)
+            return out
+
+    mode = Peak()
+    with mode:
         yield box
-    box["gb"] = sum(d["Total"] for d in mt.get_tracker_snapshot("peak").values()) / 2**30
+    box["gb"] = mode.peak / 2**30
 
 
 def face_mask(shape, edges) -> np.ndarray:
@@ -120,6 +150,8 @@ def overrides(args, device: str, reduced: bool) -> dict:
             over["steps"] = args.steps if args.steps is not None else CPU_STEPS_LATENT
         if reduced:
             over["polish_steps"] = 0
+        if args.tensor_peak and device == "cpu":
+            over["rate_checkpoint"] = True      # what a CUDA run does by default: estimate that run
         return over
     over = {"block": args.block}
     if args.steps is not None or reduced:
@@ -206,6 +238,8 @@ def run_synthetic(args, device: str) -> dict:
     over = {"steps": steps} if latent else {"steps": steps, "lr_prefit_steps": min(steps, 10), "block": args.block}
     if latent and device == "cpu" and args.steps is None:
         over["polish_steps"] = 0
+    if latent and args.tensor_peak and device == "cpu":
+        over["rate_checkpoint"] = True
     t0 = time.perf_counter()
     with tensor_peak(args.tensor_peak) as tp:
         enc = inrv.encode(x, args.preset, device=device, **over)
@@ -232,7 +266,7 @@ def main(argv=None) -> int:
     ap.add_argument("--synthetic", type=int, help="encode an N^3 synthetic volume (peak memory)")
     ap.add_argument("--json", help="also write the result here")
     ap.add_argument("--tensor-peak", action="store_true",
-                    help="also report the encode's peak live tensor memory (MemTracker; on a CPU, an "
+                    help="also report the encode's peak live tensor memory (on a CPU, an "
                          "estimate of the GPU's peak; slows the encode)")
     args = ap.parse_args(argv)
     import torch

@@ -86,6 +86,8 @@ class LatentConfig:
     bg_block: int = 4               # > 0: blocks of this edge whose voxels all equal the volume minimum are
                                     # coded as a bit mask and restored exactly, where they cover at least
                                     # 20 % of the volume (0 = never)
+    rate_checkpoint: bool | None = None     # recompute the context network in the backward pass (~7x less
+                                            # rate activation memory, ~40 % slower rate); None = on CUDA only
 
 
 Config = Union[PaperConfig, LatentConfig]

@@ -35,6 +35,7 @@ import math
 import time
 import numpy as np
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from ..errors import InputError, RunError, UnsupportedVersionError
@@ -82,14 +83,22 @@ def _interp(n_in: int, n_out: int, rows: np.ndarray | None = None):
     return i0, i1, src - i0
 
 
-def up_torch(x: torch.Tensor, out: tuple[int, ...], rows: np.ndarray | None = None) -> torch.Tensor:
-    """Upsample ``x`` (C, a, b, c) to (C, *out) separably; ``rows`` restricts axis 1 (first spatial)."""
+def up_torch(x: torch.Tensor, out: tuple[int, ...], rows: np.ndarray | None = None,
+             n0: int | None = None, off: int = 0) -> torch.Tensor:
+    """Upsample ``x`` (C, a, b, c) to (C, *out) separably; ``rows`` restricts axis 1 (first spatial).
+
+    ``x`` may hold only rows ``[off, off + a)`` of a grid whose first axis has ``n0`` rows (a row
+    window: the rows the output ``rows`` read must lie inside it)."""
     for ax in range(3):
         n_in, n_out = x.shape[ax + 1], out[ax]
         r = rows if ax == 0 else None
+        if ax == 0 and n0 is not None:
+            n_in = n0
         if n_in == n_out and r is None:
             continue
         i0, i1, w = _interp(n_in, n_out, r)
+        if ax == 0 and off:
+            i0, i1 = i0 - off, i1 - off
         shape = [1, 1, 1, 1]
         shape[ax + 1] = len(w)
         wt = torch.as_tensor(w, dtype=x.dtype, device=x.device).view(shape)
@@ -115,15 +124,20 @@ def _interp_cubic(n_in: int, n_out: int, rows: np.ndarray | None = None):
     return idx, w
 
 
-def up_cubic_torch(x: torch.Tensor, out: tuple[int, ...], rows: np.ndarray | None = None) -> torch.Tensor:
+def up_cubic_torch(x: torch.Tensor, out: tuple[int, ...], rows: np.ndarray | None = None,
+                   n0: int | None = None, off: int = 0) -> torch.Tensor:
     """Like :func:`up_torch` with cubic (Keys) interpolation: smoother basis functions for the
     coarse latent levels of the synthesis."""
     for ax in range(3):
         n_in, n_out = x.shape[ax + 1], out[ax]
         r = rows if ax == 0 else None
+        if ax == 0 and n0 is not None:
+            n_in = n0
         if n_in == n_out and r is None:
             continue
         idx, w = _interp_cubic(n_in, n_out, r)
+        if ax == 0 and off:
+            idx = [i - off for i in idx]
         shape = [1, 1, 1, 1]
         shape[ax + 1] = len(w[0])
         acc = None
@@ -306,7 +320,7 @@ class ContextModel(nn.Module):
         return torch.cat([co] + cn + nb + [onehot], 0)
 
     def pass_bits(self, q: torch.Tensor, coarse: torch.Tensor | None, level: int, r_lo: int, a: int,
-                  b: int) -> torch.Tensor:
+                  b: int, checkpoint: bool = False) -> torch.Tensor:
         """Bits of the rows ``[a, b)`` (absolute, first axis) of a level under the 8-pass model, from
         ``q`` (C, n, B, D) holding its rows ``[r_lo, r_lo + n)`` (a halo row on each side of
         ``[a, b)`` where the level has one) and ``coarse`` likewise (or None).
@@ -314,7 +328,11 @@ class ContextModel(nn.Module):
         The same function as ``forward(features(...))`` summed over those rows, computed pass by
         pass on strided sub-lattices, the way the coder does it: only the neighbours a pass can see
         are gathered (their weight columns selected, the pass one-hot folded into the bias), so no
-        masks and about half the first-layer work."""
+        masks and about half the first-layer work.
+
+        ``checkpoint``: each pass keeps only its gathered inputs for the backward pass and recomputes
+        its network there (``torch.utils.checkpoint``): ~7x less activation memory for the rate, for
+        one more forward pass of the context network (used on GPUs, where memory is the limit)."""
         C = self.c
         co = coarse if coarse is not None else torch.zeros_like(q)
         qp = torch.nn.functional.pad(q, (1, 1, 1, 1, 1, 1))
@@ -322,8 +340,6 @@ class ContextModel(nn.Module):
         n, B, D = q.shape[1:]
         avail = avail_table()
         c_offs = _OFFSETS_26 if self.coarse == 27 else _FACES_6
-        nco = self.coarse
-        w1, b1 = self.l1.weight, self.l1.bias
         plan, q_groups, c_groups = [], [], []
         for p, ph in enumerate(_PASS_ORDER_8):
             pa, pb, pc = (ph >> 2) & 1, (ph >> 1) & 1, ph & 1
@@ -348,16 +364,28 @@ class ContextModel(nn.Module):
         cf = _Gather.apply(cp, c_groups)
         total = q.new_zeros(())
         for (p, used), qg, cg in zip(plan, qf, cf):
-            x = qg[:C].flatten(1)
-            f = torch.cat([cg, qg[C:]], 0).flatten(1)
-            cols = list(range(nco * C)) + [nco * C + o * C + c for o in used for c in range(C)]
-            bias = b1 + w1[:, (nco + 26) * C + p]
-            h = torch.addmm(bias[:, None], w1[:, cols], f).relu_()
-            for m in self.mids:
-                h = h + torch.addmm(m.bias[:, None], m.weight, h).relu_()
-            o_ = torch.addmm((self.l2.bias + self.level_bias[level])[:, None], self.l2.weight, h)
-            total = total + laplace_bits(x, o_[:C], o_[C:]).sum()
+            cols = list(range(self.coarse * C)) + [self.coarse * C + o * C + c for o in used for c in range(C)]
+            if checkpoint and torch.is_grad_enabled():
+                bits = torch.utils.checkpoint.checkpoint(self._pass_net, qg, cg, level, p, cols,
+                                                         use_reentrant=False)
+            else:
+                bits = self._pass_net(qg, cg, level, p, cols)
+            total = total + bits
         return total
+
+    def _pass_net(self, qg: torch.Tensor, cg: torch.Tensor, level: int, p: int, cols: list[int]) -> torch.Tensor:
+        """Bits of one pass from its gathered latents ``qg`` (the values, then their visible
+        neighbours) and coarse features ``cg``."""
+        C = self.c
+        w1 = self.l1.weight
+        x = qg[:C].flatten(1)
+        f = torch.cat([cg, qg[C:]], 0).flatten(1)
+        bias = self.l1.bias + w1[:, (self.coarse + 26) * C + p]
+        h = torch.addmm(bias[:, None], w1[:, cols], f).relu_()
+        for m in self.mids:
+            h = h + torch.addmm(m.bias[:, None], m.weight, h).relu_()
+        o_ = torch.addmm((self.l2.bias + self.level_bias[level])[:, None], self.l2.weight, h)
+        return laplace_bits(x, o_[:C], o_[C:]).sum()
 
     def forward(self, feats: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
         f = feats.flatten(1)                        # (F, n)
@@ -425,16 +453,55 @@ class Synthesis(nn.Module):
         return self.skip(z)[0, 0]
 
 
-def _synth_input(qs, shape, r0: int, r1: int, upsample: str = "linear", halo: int = Synthesis.HALO) -> torch.Tensor:
+def _synth_input(qs, shape, r0: int, r1: int, upsample: str = "linear", halo: int = Synthesis.HALO,
+                 win=None) -> torch.Tensor:
     """Upsampled latents for output rows ``[r0, r1)`` of axis 0 plus a halo of ``halo`` voxels
     (the synthesis' ``halo``): real neighbouring rows inside the volume, edge replication outside
-    it (so a slab-by-slab render equals a whole-volume render)."""
+    it (so a slab-by-slab render equals a whole-volume render). ``win`` (per level: full row count,
+    first row held) when ``qs`` holds row windows of the levels (:func:`_row_windows`)."""
     h = halo
     lo, hi = max(0, r0 - h), min(shape[0], r1 + h)
     up = up_cubic_torch if upsample == "cubic" else up_torch
-    f = torch.cat([up(q, shape, np.arange(lo, hi)) for q in qs], 0)
+    win = win or [(None, 0)] * len(qs)
+    f = torch.cat([up(q, shape, np.arange(lo, hi), n0, off) for q, (n0, off) in zip(qs, win)], 0)
     pad = (h, h, h, h, h - (r0 - lo), h - (hi - r1))
     return torch.nn.functional.pad(f[None], pad, mode="replicate")[0]
+
+
+def _row_windows(shape, shapes, r0: int, r1: int, halo: int, upsample: str) -> list[tuple[int, int]]:
+    """Row range ``[lo, hi)`` of every latent level that one slab step reads: the synthesis of output
+    rows ``[r0, r1)`` (plus its halo), the training rate of the matching rows of every level (plus a
+    row on each side) and the coarser rows those rates upsample. A step then soft-rounds, noises and
+    differentiates only these rows, not every latent of a large volume (``rate_rows`` must match the
+    rate's choice of rows in the fit)."""
+    def src(n_in, n_out, lo, hi):          # rows of an n_in grid that an upsampling to rows [lo, hi) reads
+        rows = np.arange(lo, hi)
+        if upsample == "cubic":
+            idx, _ = _interp_cubic(n_in, n_out, rows)
+            return int(min(i.min() for i in idx)), int(max(i.max() for i in idx)) + 1
+        i0, i1, _ = _interp(n_in, n_out, rows)
+        return int(i0.min()), int(i1.max()) + 1
+
+    L = len(shapes)
+    lo_o, hi_o = max(0, r0 - halo), min(shape[0], r1 + halo)
+    need = [list(src(shapes[k][0], shape[0], lo_o, hi_o)) for k in range(L)]
+    for k in range(L):
+        a, b = rate_rows(shape[0], shapes[k][0], r0, r1)
+        lo_, hi_ = max(0, a - 1), min(shapes[k][0], b + 1)
+        need[k] = [min(need[k][0], lo_), max(need[k][1], hi_)]
+        if k + 1 < L:
+            c0, c1 = src(shapes[k + 1][0], shapes[k][0], lo_, hi_)
+            need[k + 1] = [min(need[k + 1][0], c0), max(need[k + 1][1], c1)]
+    return [(lo, hi) for lo, hi in need]
+
+
+def rate_rows(n: int, n0: int, r0: int, r1: int) -> tuple[int, int]:
+    """Rows ``[a, b)`` of a level of ``n0`` rows whose rate a slab step on output rows ``[r0, r1)``
+    (of ``n``) counts: the level rows under the slab (the whole level if it has one row)."""
+    if n0 == 1 or (r0 == 0 and r1 == n):
+        return 0, n0
+    a = min(n0 - 1, r0 * n0 // n)
+    return a, max(a + 1, min(n0, -(-(r1 * n0) // n)))
 
 
 def _auto_ctx_width(lmbda: float, nvox: int) -> int:
@@ -938,39 +1005,51 @@ class LatentModel:
         slab = max(1, min(shape[0], cfg.max_voxels_per_step // max(1, shape[1] * shape[2])))
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
 
-        def forward(qs, rows=None):
+        def forward(qs, rows=None, win=None):
             r0, r1 = (0, shape[0]) if rows is None else (int(rows[0]), int(rows[-1]) + 1)
-            return syn(_synth_input(qs, shape, r0, r1, cfg.upsample, syn.halo))
+            return syn(_synth_input(qs, shape, r0, r1, cfg.upsample, syn.halo, win))
 
+        # memory for time in the rate's backward pass: where memory is the limit (a GPU), by default
+        ckpt = dev.type == "cuda" if cfg.rate_checkpoint is None else bool(cfg.rate_checkpoint)
         # coding pass of every latent: only the checkerboard context's training rate uses them
         pmaps = [torch.as_tensor(pass_map(sh, 2), device=dev) for sh in shapes] if cfg.ctx_passes == 2 else None
 
-        def level_bits(qs, k: int, a: int, b: int):
+        def level_bits(qs, k: int, a: int, b: int, win=None):
             """Bits of rows [a, b) (first axis) of level k, computed on rows [a-1, b+1) so that
-            every counted latent sees its real neighbours: equal to the whole-level sum's share."""
+            every counted latent sees its real neighbours: equal to the whole-level sum's share.
+            ``win``: ``qs`` holds row windows (per level: row count, first row held)."""
             lo_, hi_ = max(0, a - 1), min(shapes[k][0], b + 1)
             rows = np.arange(lo_, hi_)
-            coarse = up_torch(qs[k + 1], shapes[k], rows) if k + 1 < L else None
-            q = qs[k][:, lo_:hi_]
+            off = win[k][1] if win else 0
+            coarse = up_torch(qs[k + 1], shapes[k], rows, *(win[k + 1] if win else (None, 0))) \
+                if k + 1 < L else None
+            q = qs[k][:, lo_ - off:hi_ - off]
             if cfg.ctx_passes == 8:
-                return ctx.pass_bits(q, coarse, k, lo_, a, b)
+                return ctx.pass_bits(q, coarse, k, lo_, a, b, checkpoint=ckpt)
             mean, ls = ctx(ctx.features(q, coarse, pmaps[k][lo_:hi_]), k)
             return laplace_bits(q[:, a - lo_:b - lo_], mean[:, a - lo_:b - lo_], ls[:, a - lo_:b - lo_]).sum()
 
-        def rate_bits(qs, rows=None):
+        def rate_bits(qs, rows=None, win=None):
             """Bits of all latents; with ``rows`` (a slab of output rows), an unbiased estimate from
             the matching rows of every level, scaled up (bounded memory on large volumes)."""
             bits = 0.0
             for k in range(L):
                 n0 = shapes[k][0]
-                if rows is None or n0 == 1:
-                    bits = bits + level_bits(qs, k, 0, n0)
+                if rows is None:
+                    bits = bits + level_bits(qs, k, 0, n0, win)
                 else:
-                    r0_, r1_ = int(rows[0]), int(rows[-1]) + 1
-                    a = min(n0 - 1, r0_ * n0 // shape[0])
-                    b = max(a + 1, min(n0, -(-(r1_ * n0) // shape[0])))
-                    bits = bits + level_bits(qs, k, a, b) * (n0 / (b - a))
+                    a, b = rate_rows(shape[0], n0, int(rows[0]), int(rows[-1]) + 1)
+                    bits = bits + level_bits(qs, k, a, b, win) * (n0 / (b - a))
             return bits
+
+        def windows(rows):
+            """The latents a slab step reads, as row-window views of every level, and their
+            (row count, first row) pairs; the whole latents when the step covers the volume."""
+            if rows is None:
+                return lat, None
+            spans = _row_windows(shape, shapes, int(rows[0]), int(rows[-1]) + 1, syn.halo, cfg.upsample)
+            return ([p[:, lo_:hi_] for p, (lo_, hi_) in zip(lat, spans)],
+                    [(sh[0], lo_) for sh, (lo_, _) in zip(shapes, spans)])
 
         def total_bits(qs) -> float:
             """Exact bits of all latents, level by level in row chunks (no graph; bounded memory)."""
@@ -991,24 +1070,28 @@ class LatentModel:
             lr_f = 0.5 * (1 + math.cos(math.pi * frac))
             for g, b in zip(opt.param_groups, base_lrs):
                 g["lr"] = b * max(lr_f, 0.02)
+            rows = None
+            if slab < shape[0]:
+                r0 = int(torch.randint(0, shape[0] - slab + 1, (1,), generator=gen))
+                rows = np.arange(r0, r0 + slab)
+            # only the rows of every level this step reads are rounded and noised (large volumes)
+            src, win = windows(rows)
             if step < hard_from and cfg.soft_round:
                 # C3's recipe: soft rounding with a temperature annealed from t0 to t1, plus noise;
                 # the rate sees the noisy soft-rounded value, the synthesis its soft rounding
                 prog = step / max(1, hard_from)
                 t = cfg.soft_t0 * (cfg.soft_t1 / cfg.soft_t0) ** prog
                 ka = cfg.noise_a0 + (1.0 - cfg.noise_a0) * prog
-                noisy = [soft_round(p, t) + _kumaraswamy(p.shape, ka, gen).to(dev) for p in lat]
+                noisy = [soft_round(p, t) + _kumaraswamy(p.shape, ka, gen).to(dev) for p in src]
                 qs = [soft_round(n, t) for n in noisy]
             elif step < hard_from:
-                qs = noisy = [p + (torch.rand(p.shape, generator=gen).to(dev) - 0.5) for p in lat]
+                qs = noisy = [p + (torch.rand(p.shape, generator=gen).to(dev) - 0.5) for p in src]
             else:
-                qs = noisy = [p + (torch.round(p) - p).detach() for p in lat]
-            if slab < shape[0]:
-                r0 = int(torch.randint(0, shape[0] - slab + 1, (1,), generator=gen))
-                rows = np.arange(r0, r0 + slab)
-                pred = forward(qs, rows)
+                qs = noisy = [p + (torch.round(p) - p).detach() for p in src]
+            if rows is not None:
+                pred = forward(qs, rows, win)
                 dist = sqerr(pred, r0, r0 + slab)
-                bits = rate_bits(noisy, rows)
+                bits = rate_bits(noisy, rows, win)
             else:
                 pred = forward(qs)
                 dist = sqerr(pred)
@@ -1075,13 +1158,15 @@ class LatentModel:
                 p.requires_grad_(False)
             opt2 = torch.optim.Adam(lat, lr=cfg.lr * 0.05)
             for step in range(cfg.polish_steps):
-                qs = [p + (torch.round(p) - p).detach() for p in lat]
                 if slab < shape[0]:
                     r0 = int(torch.randint(0, shape[0] - slab + 1, (1,), generator=gen))
                     rows = np.arange(r0, r0 + slab)
-                    dist = sqerr(forward(qs, rows), r0, r0 + slab)
-                    rb = rate_bits(qs, rows)
+                    src, win = windows(rows)
+                    qs = [p + (torch.round(p) - p).detach() for p in src]
+                    dist = sqerr(forward(qs, rows, win), r0, r0 + slab)
+                    rb = rate_bits(qs, rows, win)
                 else:
+                    qs = [p + (torch.round(p) - p).detach() for p in lat]
                     dist = sqerr(forward(qs))
                     rb = rate_bits(qs)
                 loss = dist + lmbda * rb / nvox
@@ -1107,6 +1192,7 @@ class LatentModel:
         conf["steps"] = int(steps)
         sections = {"latents": lat_bytes, "synthesis": payload}
         conf.pop("bg_block", None)
+        conf.pop("rate_checkpoint", None)        # how it was trained, not how it decodes
         if bgb is not None:
             sections["background"] = pack_blocks(bgb)
             conf["bg_block"] = int(cfg.bg_block)

@@ -219,6 +219,50 @@ def test_slab_training_bounds_memory_and_keeps_the_rate_honest():
     assert st["psnr"] > 20
 
 
+@pytest.mark.parametrize("upsample", ["linear", "cubic"])
+def test_slab_step_reads_only_its_row_windows(upsample):
+    """A slab step rounds and differentiates only row windows of the levels: the synthesis input and
+    every level's rate inputs (its rows with a halo row, the coarser level upsampled onto them) must
+    be the same from the windows as from the whole latents, for odd sizes and every slab position."""
+    from inrv.codec.latent import _row_windows, _synth_input, level_shapes, rate_rows, up_torch
+
+    shape = (37, 9, 7)
+    shapes = level_shapes(shape, 5)
+    g = torch.Generator().manual_seed(1)
+    lat = [torch.randn((1,) + sh, generator=g) for sh in shapes]
+    for r0, r1 in ((0, 6), (5, 11), (17, 29), (31, 37), (0, 36)):
+        spans = _row_windows(shape, shapes, r0, r1, 1, upsample)
+        assert all(0 <= lo < hi <= sh[0] for (lo, hi), sh in zip(spans, shapes))
+        assert spans[0][1] - spans[0][0] < shape[0] or r1 - r0 >= shape[0] - 2   # a window, not the level
+        sub = [q[:, lo:hi] for q, (lo, hi) in zip(lat, spans)]
+        win = [(sh[0], lo) for sh, (lo, _) in zip(shapes, spans)]
+        torch.testing.assert_close(_synth_input(sub, shape, r0, r1, upsample, 1, win),
+                                   _synth_input(lat, shape, r0, r1, upsample, 1), rtol=0, atol=0)
+        for k, sh in enumerate(shapes):
+            a, b = rate_rows(shape[0], sh[0], r0, r1)
+            lo_, hi_ = max(0, a - 1), min(sh[0], b + 1)
+            assert spans[k][0] <= lo_ and hi_ <= spans[k][1]
+            if k + 1 < len(shapes):
+                rows = np.arange(lo_, hi_)
+                torch.testing.assert_close(up_torch(sub[k + 1], sh, rows, *win[k + 1]),
+                                           up_torch(lat[k + 1], sh, rows), rtol=0, atol=0)
+
+
+def test_rate_checkpoint_trains_the_same_model():
+    """Recomputing the context network in the backward pass (the CUDA default, to save memory) is
+    the same training: on a CPU the coded bytes are identical with and without it."""
+    torch.set_num_threads(1)
+    vol = _phantom((24, 14, 12), seed=4)
+    out = []
+    for ck in (False, True):
+        cfg = make_config("latent-tiny", steps=8, polish_steps=2, max_voxels_per_step=14 * 12 * 8,
+                          rate_checkpoint=ck)
+        enc = LatentModel().fit(vol, cfg, device="cpu")
+        assert "rate_checkpoint" not in enc.config
+        out.append(enc.sections)
+    assert out[0] == out[1]
+
+
 def test_soft_rounding_training_codes_exactly():
     torch.set_num_threads(1)
     vol = _phantom((20, 18, 16), seed=5)
@@ -448,12 +492,13 @@ def test_pass_by_pass_training_rate_equals_masked_features(coarse):
     ctx.zero_grad()
     laplace_bits(qg, *ctx(ctx.features(qg, cg, pm), 1)).sum().backward()
     want = [qg.grad.clone(), cg.grad.clone()] + [prm.grad.clone() for prm in ctx.parameters()]
-    qg.grad = cg.grad = None
-    ctx.zero_grad()
-    ctx.pass_bits(qg, cg, 1, 0, 0, 9).backward()
-    got = [qg.grad, cg.grad] + [prm.grad for prm in ctx.parameters()]
-    for g, w in zip(got, want):
-        assert float((g - w).abs().max()) <= 1e-4 * float(w.abs().max()), float((g - w).abs().max())
+    for ckpt in (False, True):      # the same with the context network recomputed in the backward pass
+        qg.grad = cg.grad = None
+        ctx.zero_grad()
+        ctx.pass_bits(qg, cg, 1, 0, 0, 9, checkpoint=ckpt).backward()
+        got = [qg.grad, cg.grad] + [prm.grad for prm in ctx.parameters()]
+        for g, w in zip(got, want):
+            assert float((g - w).abs().max()) <= 1e-4 * float(w.abs().max()), (ckpt, float((g - w).abs().max()))
 
 
 def test_background_blocks_mask_expand_and_pack_round_trip():
