@@ -71,6 +71,17 @@ def tune_cpu_allocator(dev: "torch.device | str") -> bool:
     return _ALLOC_TUNED
 
 
+def release_cpu_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``) after a phase that allocated a
+    lot, where :func:`tune_cpu_allocator` keeps large blocks on the heap; a no-op elsewhere."""
+    if not _ALLOC_TUNED:
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all CUDA devices too) for reproducible fits."""
     seed = int(seed)

@@ -41,7 +41,7 @@ from torch import nn
 from ..errors import InputError, RunError, UnsupportedVersionError
 from .base import Encoded, Progress
 from .config import LatentConfig, config_from_dict, config_to_dict
-from .device import resolve_device, seed_everything, tune_cpu_allocator
+from .device import release_cpu_memory, resolve_device, seed_everything, tune_cpu_allocator
 from .entropy import LaplaceReader, LaplaceStream, laplace_bits, snap_params
 from . import netcode
 from .quant import dequantize_state, quantize_state
@@ -1117,6 +1117,12 @@ class LatentModel:
             syn.load_state_dict(best[2])
             ctx.load_state_dict(best[3])
             loss_v = best[0]
+        # the training state is no longer needed: free it before coding (3-4 floats per latent)
+        best = (best[0], None, None, None)
+        opt.state.clear()
+        for p in lat:
+            p.grad = None
+        release_cpu_memory()
 
         # ---- quantise the networks, then polish the latents for the quantised decoder
         state = {f"syn.{k}": v.detach().cpu().numpy().astype(np.float32) for k, v in syn.state_dict().items()}
@@ -1153,6 +1159,7 @@ class LatentModel:
             # the weights the decoder will use, through the decoder's own path
             deq = _decode_nets(payload, wmeta, cfg, L)
             load(deq)
+            del hard
         if cfg.polish_steps > 0:
             for p in list(syn.parameters()) + list(ctx.parameters()):
                 p.requires_grad_(False)
@@ -1207,7 +1214,11 @@ class LatentModel:
                                 passes=cfg.ctx_passes)
         if any(not np.array_equal(a, b) for a, b in zip(ints, dec_ints)):
             raise RunError("internal error: entropy-coded latents do not round-trip")
-        rec = enc.reconstruction = self.render(enc, device=str(dev))
+        del ints
+        release_cpu_memory()
+        # the quality check renders from the latents just decoded (the decoder's own path from here)
+        rec = enc.reconstruction = _synthesise(dec_ints, deq, cfg, orig_shape, bgb, int(cfg.bg_block), (lo, hi), dev)
+        del dec_ints
         if np.issubdtype(arr.dtype, np.integer):
             info = np.iinfo(arr.dtype)
             rec = np.clip(np.rint(rec), info.min, info.max)
@@ -1305,19 +1316,27 @@ class LatentModel:
             raise InputError(f"cannot decode latent-model payload: {exc}") from None
         dev = resolve_device(device)
         tune_cpu_allocator(dev)
-        syn = _make_synth(len(shapes), cfg)
-        syn.load_state_dict({k[4:]: torch.as_tensor(v) for k, v in deq.items() if k.startswith("syn.")})
-        syn = syn.to(dev).eval()
-        lat = [torch.as_tensor(i, dtype=torch.float32, device=dev) for i in ints]
-        out = np.empty(vshape, dtype=np.float32)
-        rows_per = max(1, min(vshape[0], (1 << 21) // max(1, vshape[1] * vshape[2])))
-        with torch.no_grad():
-            for r0 in range(0, vshape[0], rows_per):
-                r1 = min(vshape[0], r0 + rows_per)
-                out[r0:r1] = syn(_synth_input(lat, vshape, r0, r1, cfg.upsample, syn.halo)).cpu().numpy()
-                if bgb is not None:     # background blocks: exactly the minimum (0 on this scale)
-                    out[r0:r1][expand_blocks(bgb, bb, vshape, r0, r1)] = 0.0
-        lo, hi = encoded.value_range
-        span = hi - lo if hi > lo else 1.0
-        res = out.astype(np.float64) * span + lo
-        return res.astype(np.float32).reshape(orig)
+        return _synthesise(ints, deq, cfg, orig, bgb, int(conf.get("bg_block") or 0), encoded.value_range, dev)
+
+
+def _synthesise(ints, deq, cfg: LatentConfig, orig, bgb, bb: int, value_range, dev) -> np.ndarray:
+    """Decoded integer latents + dequantised networks -> the volume in the original value range
+    (float32, shape ``orig``), slab by slab; background blocks exactly at the minimum."""
+    vshape = tuple(orig) + (1,) * (3 - len(orig))
+    syn = _make_synth(len(ints), cfg)
+    syn.load_state_dict({k[4:]: torch.as_tensor(v) for k, v in deq.items() if k.startswith("syn.")})
+    syn = syn.to(dev).eval()
+    lat = [torch.as_tensor(i, dtype=torch.float32, device=dev) for i in ints]
+    lo, hi = value_range
+    span = hi - lo if hi > lo else 1.0
+    out = np.empty(vshape, dtype=np.float32)
+    rows_per = max(1, min(vshape[0], (1 << 21) // max(1, vshape[1] * vshape[2])))
+    with torch.no_grad():
+        for r0 in range(0, vshape[0], rows_per):
+            r1 = min(vshape[0], r0 + rows_per)
+            o = syn(_synth_input(lat, vshape, r0, r1, cfg.upsample, syn.halo)).cpu().numpy()
+            if bgb is not None:     # background blocks: exactly the minimum (0 on this scale)
+                o[expand_blocks(bgb, bb, vshape, r0, r1)] = 0.0
+            # back to the original range in float64, slab by slab (no volume-sized float64 array)
+            out[r0:r1] = o.astype(np.float64) * span + lo
+    return out.reshape(orig)
