@@ -337,7 +337,7 @@ class ContextModel(nn.Module):
         co = coarse if coarse is not None else torch.zeros_like(q)
         qp = torch.nn.functional.pad(q, (1, 1, 1, 1, 1, 1))
         cp = torch.nn.functional.pad(co, (1, 1, 1, 1, 1, 1))
-        n, B, D = q.shape[1:]
+        B, D = q.shape[2:]
         avail = avail_table()
         c_offs = _OFFSETS_26 if self.coarse == 27 else _FACES_6
         plan, q_groups, c_groups = [], [], []
