@@ -43,7 +43,7 @@ def resolve_device(name: "str | torch.device | None" = None) -> torch.device:
     raise DeviceError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)")
 
 
-_ALLOC_TUNED = False
+_LIBC = None                # glibc, once tune_cpu_allocator has tuned it
 _M_MMAP_THRESHOLD = -3      # glibc mallopt parameter
 
 
@@ -52,34 +52,31 @@ def tune_cpu_allocator(dev: "torch.device | str") -> bool:
 
     glibc serves every block above 32 MiB with its own ``mmap`` and unmaps it when freed, so each
     training step pays first-touch page faults on every activation again: on a 2-core machine
-    about half of a latent training step on ``mni_t1`` (6.3 s -> 3.0 s per step with the threshold
-    at 1 GiB; docs/model-latent.md, "Speed"). The price: freed memory stays with the process until
+    about half of a latent training step on ``mni_t1`` (rate and synthesis of one slab, forward and
+    backward: 5.1 -> 2.7 s with the threshold at 1 GiB; docs/model-latent.md, "Speed"). The price: freed memory stays with the process until
     the heap top is trimmed. Called once by the models' fit and render on a CPU; does nothing on
     other platforms, for CUDA, or when ``INRV_MALLOC_TUNING=0``. Returns whether it is in effect.
     """
-    global _ALLOC_TUNED
-    if _ALLOC_TUNED:
+    global _LIBC
+    if _LIBC is not None:
         return True
     if torch.device(dev).type != "cpu" or not sys.platform.startswith("linux") \
             or os.environ.get("INRV_MALLOC_TUNING", "1") == "0":
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        _ALLOC_TUNED = bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30))
+        if libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30):
+            _LIBC = libc
     except (OSError, AttributeError):     # not glibc (musl, ...): leave the allocator alone
-        _ALLOC_TUNED = False
-    return _ALLOC_TUNED
+        pass
+    return _LIBC is not None
 
 
 def release_cpu_memory() -> None:
     """Hand freed heap memory back to the OS (glibc ``malloc_trim``) after a phase that allocated a
     lot, where :func:`tune_cpu_allocator` keeps large blocks on the heap; a no-op elsewhere."""
-    if not _ALLOC_TUNED:
-        return
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def seed_everything(seed: int) -> None:
