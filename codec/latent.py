@@ -696,8 +696,9 @@ def _code_8(latents, w, shapes, C: int, data, lo: int, hi: int, chunk: int, pool
         for p, ph in enumerate(_PASS_ORDER_8):
             # pass p is the sub-lattice of index parities ph: its cells in C order, as strided views
             # (no level-sized index or mask arrays: on 512^3 those were 1 GB each)
-            sub = (slice(None),) + tuple(slice(b_, None, 2) for b_ in ((ph >> 2) & 1, (ph >> 1) & 1, ph & 1))
-            idx_all = _flat_inner(shapes[k], strides, ((ph >> 2) & 1, (ph >> 1) & 1, ph & 1), 2).ravel()
+            par = ((ph >> 2) & 1, (ph >> 1) & 1, ph & 1)
+            sub = (slice(None),) + tuple(slice(b_, None, 2) for b_ in par)
+            idx_all = _flat_inner(shapes[k], strides, par, 2).ravel()
             used = [o for o in range(26) if avail[p, o]]
             cols = list(range(ncoarse * C)) + [ncoarse * C + o * C + c for o in used for c in range(C)]
             w1p = np.ascontiguousarray(w1[:, cols])
@@ -1041,6 +1042,19 @@ class LatentModel:
                     bits = bits + level_bits(qs, k, a, b, win) * (n0 / (b - a))
             return bits
 
+        def draw_rows():
+            """The output rows of this step: a random slab, or None (the whole volume) when it fits."""
+            if slab >= shape[0]:
+                return None
+            r0 = int(torch.randint(0, shape[0] - slab + 1, (1,), generator=gen))
+            return np.arange(r0, r0 + slab)
+
+        def step_terms(qs, noisy, rows, win):
+            """Distortion of the synthesis from ``qs`` and rate of ``noisy`` on this step's rows."""
+            pred = forward(qs, rows, win)
+            dist = sqerr(pred) if rows is None else sqerr(pred, int(rows[0]), int(rows[-1]) + 1)
+            return dist, rate_bits(noisy, rows, win)
+
         def windows(rows):
             """The latents a slab step reads, as row-window views of every level, and their
             (row count, first row) pairs; the whole latents when the step covers the volume."""
@@ -1069,10 +1083,7 @@ class LatentModel:
             lr_f = 0.5 * (1 + math.cos(math.pi * frac))
             for g, b in zip(opt.param_groups, base_lrs):
                 g["lr"] = b * max(lr_f, 0.02)
-            rows = None
-            if slab < shape[0]:
-                r0 = int(torch.randint(0, shape[0] - slab + 1, (1,), generator=gen))
-                rows = np.arange(r0, r0 + slab)
+            rows = draw_rows()
             # only the rows of every level this step reads are rounded and noised (large volumes)
             src, win = windows(rows)
             if step < hard_from and cfg.soft_round:
@@ -1087,14 +1098,7 @@ class LatentModel:
                 qs = noisy = [p + (torch.rand(p.shape, generator=gen).to(dev) - 0.5) for p in src]
             else:
                 qs = noisy = [p + (torch.round(p) - p).detach() for p in src]
-            if rows is not None:
-                pred = forward(qs, rows, win)
-                dist = sqerr(pred, r0, r0 + slab)
-                bits = rate_bits(noisy, rows, win)
-            else:
-                pred = forward(qs)
-                dist = sqerr(pred)
-                bits = rate_bits(noisy)
+            dist, bits = step_terms(qs, noisy, rows, win)
             loss = dist + lmbda * bits / nvox
             loss_v = float(loss.detach())
             if step >= hard_from and loss_v < best[0]:
@@ -1164,17 +1168,10 @@ class LatentModel:
                 p.requires_grad_(False)
             opt2 = torch.optim.Adam(lat, lr=cfg.lr * 0.05)
             for step in range(cfg.polish_steps):
-                if slab < shape[0]:
-                    r0 = int(torch.randint(0, shape[0] - slab + 1, (1,), generator=gen))
-                    rows = np.arange(r0, r0 + slab)
-                    src, win = windows(rows)
-                    qs = [p + (torch.round(p) - p).detach() for p in src]
-                    dist = sqerr(forward(qs, rows, win), r0, r0 + slab)
-                    rb = rate_bits(qs, rows, win)
-                else:
-                    qs = [p + (torch.round(p) - p).detach() for p in lat]
-                    dist = sqerr(forward(qs))
-                    rb = rate_bits(qs)
+                rows = draw_rows()
+                src, win = windows(rows)
+                qs = [p + (torch.round(p) - p).detach() for p in src]
+                dist, rb = step_terms(qs, qs, rows, win)
                 loss = dist + lmbda * rb / nvox
                 opt2.zero_grad(set_to_none=True)
                 loss.backward()
