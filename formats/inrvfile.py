@@ -1,4 +1,4 @@
-"""``.inrv`` files: an :class:`~inrv.codec.base.Encoded` plus the original volume's facts.
+"""``.inrv`` files: an :class:`~inrv.encoded.Encoded` plus the original volume's facts.
 
     n = write_inrv("scan.inrv", encoded, volume)    # bytes written (atomic; voxels are not stored)
     f = read_inrv("scan.inrv")                      # validated, checksummed -> InrvFile
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..codec.base import Encoded, list_models
+from ..encoded import Encoded, list_models
 from ..errors import FormatError, InputError, LimitError, UnsupportedVersionError
 from .atomic import atomic_output
 from .container import (DEFAULT_LIMITS, MAGIC, Layout, Limits, decode_sections, describe_foreign, pack,

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .codec.base import Encoded, Progress, get_model, list_models
+from .codec.base import get_model
+from .encoded import Encoded, Progress, list_models
 from .codec.config import PRESETS, LatentConfig, PaperConfig, make_config
 from .errors import (ChecksumError, DeviceError, FormatError, InputError, InrvError, LimitError, RunError,
                      UnsupportedVersionError, UsageError)
