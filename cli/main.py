@@ -1,4 +1,4 @@
-"""The ``inrv`` command: ``encode``, ``decode``, ``info`` (and ``batch``, registered from ``cli/batch.py``).
+"""The ``inrv`` command: ``encode``, ``decode``, ``info`` and ``batch`` (the ``cli/batch/`` package).
 
 A thin click layer over the public API (:func:`inrv.compress`, :func:`inrv.decompress`, :func:`inrv.info`).
 Conventions (zstd / dcm2niix style, see ``docs/cli.md``):
@@ -23,6 +23,8 @@ import click
 
 from .. import __version__
 from ..errors import InputError, UsageError
+from ..formats.discovery import strip_volume_suffix
+from .batch import batch
 from .options import (InrvGroup, ProgressBar, build_config, device_option, encoding_options, force_option,
                       json_option, log, progress_enabled, progress_option, report_error, verbosity,
                       verbosity_options)
@@ -30,8 +32,6 @@ from .output import decode_summary_line, dumps, encode_summary_line, info_text
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
-# suffixes of volume files, longest first (an encode output replaces them with .inrv)
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 # source kind recorded in an .inrv file -> suffix of the default decode output (None: a DICOM folder)
 DECODE_SUFFIX = {"nifti1": ".nii.gz", "nifti2": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha", "dicom": None}
 
@@ -65,10 +65,7 @@ def main() -> None:
     """
 
 
-# `inrv batch` lives in cli/batch.py (discovery, manifest, Dask driver in cli/batch_engine.py)
-from .batch import batch  # noqa: E402
-
-main.add_command(batch)
+main.add_command(batch)       # the cli/batch/ package: discovery, plan, Dask driver, report
 
 
 # --------------------------------------------------------------------------- helpers
@@ -92,10 +89,9 @@ def _refuse_inrv_input(path: Path) -> None:
 
 
 def _strip_volume_suffix(path: Path) -> Path:
-    name = path.name
-    for suffix in VOLUME_SUFFIXES:
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            return path.with_name(name[: -len(suffix)])
+    stripped = strip_volume_suffix(path.name)
+    if stripped != path.name:
+        return path.with_name(stripped)
     return path.with_name(path.stem) if path.suffix and path.is_file() else path
 
 
@@ -171,11 +167,8 @@ def encode(src: Path, output: Path | None, device: str | None, force: bool, as_j
     with ProgressBar(desc=src.name, enabled=progress_enabled(progress)) as bar:
         summary = inrv.compress(src, dst, config, device=device, progress=bar, force=force,
                                 keep_private=keep_private)
-    summary = dict(summary)
-    summary.setdefault("input", str(src))
-    summary.setdefault("output", str(dst))
     if as_json:
-        click.echo(dumps(summary))
+        click.echo(dumps({**summary.to_dict(), "input": str(src), "output": str(dst)}))
     else:
         log(encode_summary_line(src, dst, summary))
 
@@ -226,7 +219,7 @@ def decode(src: Path, output: Path | None, shape: tuple[int, int, int] | None, d
 
     _require_input(src)
     if output is None:
-        output = default_decode_output(src, _source_kind(inrv.info(src)))
+        output = default_decode_output(src, _source_kind(inrv.info(src).details))
     if _same_path(src, output):
         raise UsageError(f"the output {output} is the input; choose another -o")
     _check_device(device)
@@ -261,7 +254,7 @@ def info(files: tuple[Path, ...], as_json: bool) -> None:
     for path in files:
         try:
             _require_input(path)
-            d = dict(inrv.info(path))
+            d = inrv.info(path).to_dict()
         except Exception as exc:  # noqa: BLE001 - reported per file; the others still run
             worst = max(worst, report_error(exc, verbosity()))
             continue
@@ -277,5 +270,5 @@ def info(files: tuple[Path, ...], as_json: bool) -> None:
         click.get_current_context().exit(worst)
 
 
-if __name__ == "__main__":  # pragma: no cover
+if __name__ == "__main__":  # pragma: no cover - python -m inrv.cli.main; see also cli/__main__.py
     main()

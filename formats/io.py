@@ -19,18 +19,14 @@ import numpy as np
 
 from ..errors import InputError, InrvError, RunError, UsageError
 from .atomic import atomic_output
+from .discovery import VOLUME_SUFFIXES, has_dicom_preamble, looks_like_dicom, volume_suffix
 from .volume import SUPPORTED_DTYPES, Intensity, Volume
 
-_SUFFIXES = {".nii": "nifti", ".nii.gz": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "mha",
-             ".mhd": "mha", ".dcm": "dicom"}
 _WRITE_ONLY_SINGLE = {".nhdr": ".nrrd", ".mhd": ".mha", ".dcm": "a folder"}
 
 
 def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    if name.endswith(".nii.gz"):
-        return ".nii.gz"
-    return path.suffix.lower()
+    return volume_suffix(path.name) or path.suffix.lower()
 
 
 def format_for_path(path: str | os.PathLike) -> str:
@@ -42,8 +38,8 @@ def format_for_path(path: str | os.PathLike) -> str:
     if p.is_dir():
         return "dicom"
     suffix = _suffix(p)
-    if suffix in _SUFFIXES:
-        return _SUFFIXES[suffix]
+    if suffix in VOLUME_SUFFIXES:
+        return VOLUME_SUFFIXES[suffix]
     if suffix == "":
         return "dicom"
     raise UsageError(f"{p}: unknown format {suffix!r}; use .nii, .nii.gz, .nrrd, .mha, or for a DICOM series "
@@ -57,7 +53,7 @@ def _sniff(path: Path) -> str | None:
             head = f.read(544)
     except OSError as e:
         raise InputError(f"{path}: cannot open: {e.strerror or e}") from None
-    if head[128:132] == b"DICM":
+    if has_dicom_preamble(head):
         return "dicom"
     if head[:2] == b"\x1f\x8b":
         return None  # gzip of something: only trusted with a .nii.gz name
@@ -157,13 +153,7 @@ def _is_dicom_folder(folder: Path) -> bool:
     for entry in folder.iterdir():
         if not entry.is_file() or entry.is_symlink():
             return False
-        if entry.suffix.lower() == ".dcm":
-            continue
-        try:
-            with open(entry, "rb") as f:
-                if f.read(132)[128:132] != b"DICM":
-                    return False
-        except OSError:
+        if not looks_like_dicom(entry):
             return False
     return True
 

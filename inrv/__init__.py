@@ -6,9 +6,13 @@ The public API, a few lines each over ``inrv.formats`` (files) and ``inrv.codec`
     vol = inrv.load("scan.nii.gz")                  # Volume: voxels + geometry + intensity facts
     enc = inrv.encode(vol, "paper", steps=2000)     # Encoded: model id, config, byte sections
     arr = inrv.decode(enc)                          # float32 array in the original units
-    inrv.compress("scan.nii.gz", "scan.inrv")       # file -> .inrv, returns a summary dict
-    inrv.decompress("scan.inrv", "out.nii.gz")      # .inrv -> file, original dtype and geometry
-    inrv.info("scan.inrv")                          # header facts, bits per voxel from the file size
+    s = inrv.compress("scan.nii.gz", "scan.inrv")   # file -> .inrv, returns a Summary (s.bpv, s.psnr ...)
+    vol = inrv.restore("scan.inrv")                 # .inrv -> Volume in memory, original dtype and geometry
+    inrv.decompress("scan.inrv", "out.nii.gz")      # .inrv -> file, the same Volume written out
+    inrv.info("scan.inrv")                          # Summary: header facts, bits per voxel from the file size
+
+``Summary`` (``inrv/summary.py``) is the fixed schema of what ``compress`` and ``info`` return: typed
+fields (``bpv``, ``psnr``, ``file_bytes`` ...) plus ``to_dict()``, the ``inrv info --json`` document.
 
 torch is imported only when a model is fitted or rendered.
 """
@@ -27,11 +31,12 @@ from .codec.config import PRESETS, LatentConfig, PaperConfig, make_config
 from .errors import (ChecksumError, DeviceError, FormatError, InputError, InrvError, LimitError, RunError,
                      UnsupportedVersionError, UsageError)
 from .formats.volume import Geometry, Intensity, Volume
+from .summary import Summary
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "encode", "decode", "load", "save", "compress", "decompress", "read", "info",
+    "encode", "decode", "load", "save", "compress", "decompress", "restore", "read", "info", "Summary",
     "Encoded", "Volume", "Geometry", "Intensity", "PaperConfig", "LatentConfig", "PRESETS", "make_config",
     "list_models", "InrvError", "InputError", "FormatError", "ChecksumError", "UnsupportedVersionError",
     "LimitError", "UsageError", "DeviceError", "RunError", "__version__",
@@ -76,20 +81,21 @@ def read(path: str | os.PathLike):
     return read_inrv(path)
 
 
-def info(path: str | os.PathLike) -> dict[str, Any]:
-    """What ``inrv info --json`` prints: header facts, sizes, bits per voxel from the real file size."""
+def info(path: str | os.PathLike) -> Summary:
+    """What ``inrv info`` shows: header facts, sizes, encode-time metrics, bits per voxel from the real
+    file size (checksums verified, nothing decoded, no torch). ``info(p).to_dict()`` is ``inrv info --json``."""
     from .formats.inrvfile import inrv_info
 
-    return inrv_info(path)
+    return Summary.from_info(inrv_info(path))
 
 
 def compress(src: str | os.PathLike, dst: str | os.PathLike, config: Any = None, *, device: str | None = None,
              progress: Progress | None = None, force: bool = False, keep_private: bool = False,
-             **overrides: Any) -> dict[str, Any]:
-    """Encode a volume file into an ``.inrv`` file; returns ``info(dst)`` plus encode metrics."""
+             **overrides: Any) -> Summary:
+    """Encode a volume file into an ``.inrv`` file; returns its :class:`Summary` (``seconds``: load + fit)."""
     from .codec.metrics import quality
     from .formats.atomic import check_writable
-    from .formats.inrvfile import write_inrv
+    from .formats.inrvfile import inrv_info, write_inrv
     from .formats.io import restore_dtype
 
     check_writable(dst, force)  # fail before training, not after
@@ -105,20 +111,17 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, config: Any = None,
     enc.stats.update(quality(vol.data, restored))
     enc.stats["encode_seconds"] = seconds
     write_inrv(dst, enc, vol, force=force)
-    summary = info(dst)
-    summary["seconds"] = seconds
-    return summary
+    return Summary.from_info(inrv_info(dst), seconds=seconds)
 
 
-def decompress(src: str | os.PathLike, dst: str | os.PathLike, *, shape: tuple[int, int, int] | None = None,
-               device: str | None = None, force: bool = False) -> Volume:
-    """Decode an ``.inrv`` file into a volume file with the original dtype and geometry."""
-    from .formats.atomic import check_writable
+def restore(src: str | os.PathLike, *, shape: tuple[int, int, int] | None = None,
+            device: str | None = None) -> Volume:
+    """Decode an ``.inrv`` file into memory: a :class:`Volume` with the original dtype, geometry and
+    intensity facts (what :func:`decompress` writes). ``shape`` renders another grid over the same field
+    of view (the geometry follows: spacing scaled, origin moved to the new first voxel centre)."""
+    from .formats.container import DEFAULT_LIMITS
     from .formats.io import restore_dtype
 
-    from .formats.container import DEFAULT_LIMITS
-
-    check_writable(dst, force)
     f = read(src)
     if shape is not None:
         shape = tuple(int(v) for v in shape)
@@ -133,7 +136,17 @@ def decompress(src: str | os.PathLike, dst: str | os.PathLike, *, shape: tuple[i
     source = dict(f.source)
     raw_bytes = int(np.prod(f.encoded.shape)) * np.dtype(f.intensity.dtype).itemsize
     source["lossy"] = {"lossy_ratio": raw_bytes / max(1, f.file_bytes)}
-    vol = Volume(data=data, geometry=geometry, intensity=f.intensity, source=source)
+    return Volume(data=data, geometry=geometry, intensity=f.intensity, source=source)
+
+
+def decompress(src: str | os.PathLike, dst: str | os.PathLike, *, shape: tuple[int, int, int] | None = None,
+               device: str | None = None, force: bool = False) -> Volume:
+    """Decode an ``.inrv`` file into a volume file with the original dtype and geometry
+    (:func:`restore`, then :func:`save`); returns the volume written."""
+    from .formats.atomic import check_writable
+
+    check_writable(dst, force)
+    vol = restore(src, shape=shape, device=device)
     save(vol, dst, force=force)
     return vol
 

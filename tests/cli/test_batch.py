@@ -1,4 +1,4 @@
-"""Tests of ``inrv batch`` (cli/batch.py, cli/batch_engine.py).
+"""Tests of ``inrv batch`` (the cli/batch/ package).
 
 Two kinds:
 
@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 import inrv
-from inrv.cli import batch_engine as E
+from inrv.cli import batch as E
 from inrv.errors import FormatError, InputError
 from inrv.formats.atomic import atomic_output
 
@@ -115,14 +115,16 @@ def fake_compress(src, dst, config=None, *, device=None, progress=None, force=Fa
         tmp.write_bytes(FAKE_MAGIC + hashlib.sha256(data).digest() + repr(config).encode())
     if progress:
         progress(1, 1, {})
-    return {"psnr": 40.0, "ssim": 0.95, "bpv": 1.25, "seconds": 0.01, "device": "cpu"}
+    return inrv.Summary(path=str(dst), model="fake", shape=(8, 8, 8), dtype="int16", file_bytes=1, raw_bytes=1,
+                        ratio=1.0, bpv=1.25, psnr=40.0, ssim=0.95, seconds=0.01, device="cpu")
 
 
 def fake_info(path):
     data = Path(path).read_bytes()
     if not data.startswith(FAKE_MAGIC):
         raise FormatError(f"{path} is not an .inrv file")
-    return {"file_bytes": len(data)}
+    return inrv.Summary(path=str(path), model="fake", shape=(8, 8, 8), dtype="int16", file_bytes=len(data),
+                        raw_bytes=1024, ratio=1024 / len(data), bpv=8 * len(data) / 512)
 
 
 @pytest.fixture
@@ -284,7 +286,7 @@ def test_engine_records_every_input_isolates_faults_and_resumes(tmp_path, fake_c
     src, dst = tmp_path / "src", tmp_path / "dst"
     expected = make_archive(src)
     plan, stats = run_engine(src, dst, threads_client)
-    assert stats.exit_code == E.EXIT_SOME_FAILED
+    assert stats.exit_code == E.EXIT_PARTIAL
     rows = E.read_manifests(dst)
     assert sorted(r["input"] for r in rows) == sorted(expected)        # one row per input
     failed = [r for r in rows if r["status"] == "failed"]
@@ -302,7 +304,7 @@ def test_engine_records_every_input_isolates_faults_and_resumes(tmp_path, fake_c
     plan, stats = run_engine(src, dst, threads_client)
     assert [p.action for p in plan].count("done") == len(expected) - 1
     assert [p.job.key for p in plan if p.action == "failed"] == ["broken/corrupt.nii.gz"]
-    assert stats.ok == stats.failed == 0 and stats.exit_code == E.EXIT_SOME_FAILED
+    assert stats.ok == stats.failed == 0 and stats.exit_code == E.EXIT_PARTIAL
     assert len(E.read_manifests(dst)) == len(expected)
 
     # the input is repaired; --retry-failed encodes it, and only it
@@ -363,7 +365,7 @@ def test_a_held_lock_is_not_overwritten_and_not_recorded(tmp_path, fake_codec, t
     (dst / "b.inrv.lock").write_text(json.dumps({"pid": os.getpid(), "host": __import__("socket").gethostname(),
                                                 "token": "elsewhere"}))
     _, stats = run_engine(src, dst, threads_client)
-    assert stats.ok == 1 and stats.locked == 1 and stats.exit_code == E.EXIT_SOME_FAILED
+    assert stats.ok == 1 and stats.locked == 1 and stats.exit_code == E.EXIT_PARTIAL
     assert [r["input"] for r in E.read_manifests(dst)] == ["a.nii.gz"] and not (dst / "b.inrv").exists()
     (dst / "b.inrv.lock").unlink()
     _, stats = run_engine(src, dst, threads_client)
@@ -383,7 +385,7 @@ CRASHY_JOBS = '''
 import os, hashlib, json
 from pathlib import Path
 import inrv
-from inrv.cli import batch_engine as E
+from inrv.cli import batch as E
 from inrv.formats.atomic import atomic_output
 
 
@@ -428,7 +430,7 @@ def test_a_worker_that_dies_fails_only_its_job(tmp_path, monkeypatch):
     assert sorted(rows) == sorted(["crash.nii.gz"] + [f"ok{i}.nii.gz" for i in range(4)])
     assert rows["crash.nii.gz"]["status"] == "failed" and rows["crash.nii.gz"]["error_type"] == "KilledWorker"
     assert rows["crash.nii.gz"]["checksum"].startswith("sha256:")
-    assert stats.ok == 4 and stats.failed == 1 and stats.exit_code == E.EXIT_SOME_FAILED
+    assert stats.ok == 4 and stats.failed == 1 and stats.exit_code == E.EXIT_PARTIAL
 
 
 # ----------------------------------------------------------------------------------------- acceptance (real codec)
@@ -458,7 +460,7 @@ def check_outputs(dst: Path, expected: dict[str, str], failed: tuple[str, ...] =
         r = oks[0]
         assert r["output"] == out and (dst / out).stat().st_size == r["output_bytes"]
         info = inrv.info(dst / out)
-        assert r["bpv"] == pytest.approx(info["bpv"])
+        assert r["bpv"] == pytest.approx(info.bpv)
         assert isinstance(r["psnr"], float) and isinstance(r["seconds"], float) and r["device"] == "cpu"
     produced = sorted(str(p.relative_to(dst)) for p in dst.rglob("*.inrv"))
     assert produced == sorted(out for k, out in expected.items() if k not in failed)
@@ -497,7 +499,7 @@ def test_batch_end_to_end_dry_run_shards_corrupt_input_and_rerun(tmp_path):
     # two series in one folder: two outputs, each from its own slices only
     series = {r["series_uid"]: r for r in rows if r["kind"] == "dicom"}
     assert sorted(series) == [SERIES_UID, SERIES_UID_2] and all(r["status"] == "ok" for r in series.values())
-    assert [inrv.info(dst / series[u]["output"])["shape"][2] for u in (SERIES_UID, SERIES_UID_2)] == [4, 5]
+    assert [inrv.info(dst / series[u]["output"]).shape[2] for u in (SERIES_UID, SERIES_UID_2)] == [4, 5]
 
     # the same command again (unsharded: it reads both shard manifests): nothing is encoded
     before = {p.name: p.read_bytes() for p in dst.glob("manifest*")}
@@ -522,7 +524,7 @@ def test_a_killed_driver_loses_nothing_and_a_rerun_completes(tmp_path):
     expected = make_archive(src, n_nifti=3)
     del expected["broken/corrupt.nii.gz"]
     (src / "broken/corrupt.nii.gz").unlink()
-    args = [sys.executable, "-m", "inrv.cli.batch", str(src), "-o", str(dst), *FAST]
+    args = [sys.executable, "-m", "inrv", "batch", str(src), "-o", str(dst), *FAST]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     manifest = dst / "manifest.jsonl"
@@ -604,7 +606,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_continues(tmp_path, fake_codec, thread
     _, stats = run_engine(src, dst, threads_client)
     rows = E.read_manifests(dst)
     assert sorted(r["input"] for r in rows) == sorted(expected) and len(rows) == len(expected)
-    assert stats.exit_code == E.EXIT_SOME_FAILED and leftovers(dst) == []     # the corrupt input
+    assert stats.exit_code == E.EXIT_PARTIAL and leftovers(dst) == []     # the corrupt input
 
 
 def test_out_of_memory_on_a_gpu_is_retried_once_on_the_cpu(tmp_path, monkeypatch, threads_client):
@@ -634,7 +636,7 @@ def test_verify_output_checks_shape_geometry_and_psnr(tmp_path):
     vol = _phantom(8, 3)
     _write_image(tmp_path / "a.nii.gz", vol)
     summary = inrv.compress(tmp_path / "a.nii.gz", tmp_path / "a.inrv", "tiny", steps=2, device="cpu")
-    psnr = summary["metrics"]["psnr"]
+    psnr = summary.psnr
     assert E.verify_output(str(tmp_path / "a.nii.gz"), str(tmp_path / "a.inrv"), psnr) is None
     assert "PSNR" in E.verify_output(str(tmp_path / "a.nii.gz"), str(tmp_path / "a.inrv"), psnr + 1.0)
     _write_image(tmp_path / "other.nii.gz", _phantom(8, 4))           # same grid, other voxels
@@ -675,7 +677,7 @@ def test_an_output_that_fails_verify_is_removed_and_recorded_failed(tmp_path, fa
     _, stats = run_engine(src, dst, threads_client, verify=True)
     (row,) = E.read_manifests(dst)
     assert row["status"] == "failed" and row["error_type"] == "VerifyError" and row["verified"] is None
-    assert not (dst / "a.inrv").exists() and leftovers(dst) == [] and stats.exit_code == E.EXIT_SOME_FAILED
+    assert not (dst / "a.inrv").exists() and leftovers(dst) == [] and stats.exit_code == E.EXIT_PARTIAL
 
 
 def test_cli_submits_to_a_running_scheduler(tmp_path, fake_codec, threads_client):

@@ -495,7 +495,9 @@ def test_json_output_is_strict():
 
     doc = json.loads(dumps({"a": np.float32(1.5), "b": float("inf"), "c": np.arange(3), "d": b"xyz",
                             "e": Path("p")}))
-    assert doc == {"a": 1.5, "b": None, "c": [0, 1, 2], "d": {"bytes": 3}, "e": "p"}
-    line = encode_summary_line("a.nii", "a.inrv", {"file_bytes": 2048, "bpv": 0.25, "seconds": 3.0,
-                                                    "metrics": {"psnr": "inf", "ssim": 0.9}})
+    # the one policy (formats/jsonsafe.py), as in inrv info: non-finite numbers as strings, bytes by length
+    assert doc == {"a": 1.5, "b": "inf", "c": [0, 1, 2], "d": "<3 bytes>", "e": "p"}
+    summary = inrv.Summary(path="a.inrv", model="latent", shape=(16, 16, 32), dtype="uint8", file_bytes=2048,
+                           raw_bytes=8192, ratio=4.0, bpv=0.25, psnr=float("inf"), ssim=0.9, seconds=3.0)
+    line = encode_summary_line("a.nii", "a.inrv", summary)
     assert line == "a.nii -> a.inrv: 2.0 KiB, 0.250 bpv, PSNR inf dB, SSIM 0.9000, 3.0 s"
