@@ -7,17 +7,18 @@ A *model family* is one class with the same face (compare numcodecs' ``Codec``):
     array = family.render(encoded, shape=None, device="cpu")          # Encoded -> np.ndarray
 
 :class:`Encoded` (the seam with the file formats) and the registry of families live in
-``inrv.encoded``, which neither side has to import the other to read; they are re-exported here.
+``inrv.encoded``, which the container reads without importing the codec; each family declares itself
+in ``codec/<family>/config.py`` (:class:`~inrv.codec.family.FamilySpec`).
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Protocol
 
 import numpy as np
 
-from ..encoded import FAMILIES, Encoded, Progress, list_models
+from ..encoded import Encoded, Progress, list_models
+from .config import family_spec
 
 __all__ = ["Encoded", "Progress", "ModelFamily", "get_model", "list_models"]
 
@@ -36,9 +37,7 @@ def get_model(name: str) -> ModelFamily:
     """Return an instance of the model family ``name``; raises ``InputError`` if unknown."""
     from ..errors import InputError  # local: keeps import order trivial
 
-    try:
-        target = FAMILIES[name]
-    except KeyError:
-        raise InputError(f"unknown model family {name!r} (known: {', '.join(list_models())})") from None
-    module, attr = target.split(":")
-    return getattr(importlib.import_module(module), attr)()
+    spec = family_spec(name)
+    if spec is None:
+        raise InputError(f"unknown model family {name!r} (known: {', '.join(list_models())})")
+    return spec.load_model()

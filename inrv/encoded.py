@@ -4,10 +4,11 @@
 container (``inrv.formats``) stores and reads it, and neither imports the other. A second decoder
 can be written from ``docs/format.md`` alone.
 
-``FAMILIES`` is the one registry of model families: family id -> ``"module:class"`` of the codec
-class that implements it (a string: nothing is imported here). ``inrv.codec.base.get_model`` loads a family
-from it on first use; the container checks a file's family id against it without importing the
-codec. A new family is one new package under ``codec/`` and one line here.
+``FAMILIES`` is the one registry of model families: family id -> the codec package that implements
+it (a string: nothing is imported here). That package's ``config`` module declares the family (its
+config class, presets, config upgrades and model class: ``inrv.codec.family.FamilySpec``);
+``inrv.codec`` reads every family from there, and the container checks a file's family id here
+without importing the codec. A new family is one new package under ``codec/`` and one line here.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-#: model family id -> "module:class" implementing it (``inrv.codec.base.get_model`` imports it)
+#: model family id -> the codec package implementing it (its ``config`` module defines ``FAMILY``)
 FAMILIES: dict[str, str] = {
-    "paper": "inrv.codec.paper:PaperModel",
-    "latent": "inrv.codec.latent:LatentModel",
+    "paper": "inrv.codec.paper",
+    "latent": "inrv.codec.latent",
 }
 
 # progress(step, total, info) is called by training loops; info holds e.g. {"loss": float}.

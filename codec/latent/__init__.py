@@ -44,78 +44,24 @@ first use (``from inrv.codec.latent import LatentModel`` works as before the spl
 
 from __future__ import annotations
 
-import importlib
-
-# name -> module of this package that defines it (imported, with torch, on first use)
-_EXPORTS = {
-    "level_shapes": "grids",
-    "_interp": "grids",
-    "up_torch": "grids",
-    "_interp_cubic": "grids",
-    "up_cubic_torch": "grids",
-    "up_numpy": "grids",
-    "parity": "context",
-    "_PASS_ORDER_8": "context",
-    "_OFFSETS_26": "context",
-    "pass_map": "context",
-    "avail_table": "context",
-    "_neigh26_torch": "context",
-    "_FACES_6": "context",
-    "_neigh_torch": "context",
-    "_Gather": "context",
-    "ContextModel": "context",
-    "_auto_ctx_width": "context",
-    "_make_ctx": "context",
-    "Synthesis": "synthesis",
-    "_synth_input": "synthesis",
-    "_row_windows": "synthesis",
-    "rate_rows": "synthesis",
-    "_make_synth": "synthesis",
-    "_CTX_DTYPE": "coder",
-    "_np_context": "coder",
-    "_np_affine": "coder",
-    "_np_mlp": "coder",
-    "_np_mids": "coder",
-    "_gather_features": "coder",
-    "_level_grid": "coder",
-    "_flat_inner": "coder",
-    "_code_pass": "coder",
-    "code_latents": "coder",
-    "_code_latents_8": "coder",
-    "_code_8": "coder",
-    "_GROUPS": "nets",
-    "_group_of": "nets",
-    "_arch_shapes": "nets",
-    "pack_nets": "nets",
-    "unpack_nets": "nets",
-    "_decode_nets": "nets",
-    "_choose_weight_steps": "nets",
-    "background_blocks": "background",
-    "expand_blocks": "background",
-    "pack_blocks": "background",
-    "unpack_blocks": "background",
-    "search_lambda": "search",
-    "BG_MIN_FRACTION": "model",
-    "FORMAT_VERSION": "model",
-    "_ARCH_FIELDS": "model",
-    "soft_round": "model",
-    "_kumaraswamy": "model",
-    "LatentModel": "model",
-    "_synthesise": "model",
-}
+from ..lazy import lazy_exports
 
 __all__ = ["LatentModel", "FORMAT_VERSION", "ContextModel", "Synthesis", "code_latents", "level_shapes"]
 
+# module of this package -> the names it defines (imported, with torch, on first use)
+_EXPORTS = {
+    "grids": ("level_shapes", "_interp", "up_torch", "_interp_cubic", "up_cubic_torch", "up_numpy"),
+    "context": ("parity", "_PASS_ORDER_8", "_OFFSETS_26", "pass_map", "avail_table", "_neigh26_torch",
+                "_FACES_6", "_neigh_torch", "_Gather", "ContextModel", "_auto_ctx_width", "_make_ctx"),
+    "synthesis": ("Synthesis", "_synth_input", "_row_windows", "rate_rows", "_make_synth"),
+    "coder": ("_CTX_DTYPE", "_np_context", "_np_affine", "_np_mlp", "_np_mids", "_gather_features",
+              "_level_grid", "_flat_inner", "_code_pass", "code_latents", "_code_latents_8", "_code_8"),
+    "nets": ("_GROUPS", "_group_of", "_arch_shapes", "pack_nets", "unpack_nets", "_decode_nets",
+             "_choose_weight_steps"),
+    "background": ("background_blocks", "expand_blocks", "pack_blocks", "unpack_blocks"),
+    "search": ("search_lambda",),
+    "model": ("BG_MIN_FRACTION", "FORMAT_VERSION", "_ARCH_FIELDS", "soft_round", "_kumaraswamy",
+              "LatentModel", "_synthesise"),
+}
 
-def __getattr__(name: str):
-    try:
-        module = _EXPORTS[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

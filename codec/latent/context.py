@@ -9,7 +9,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from ...errors import InputError
-from ..config import LatentConfig
+from .config import LatentConfig
 from ..entropy import laplace_bits
 
 

@@ -13,7 +13,8 @@ from torch import nn
 
 from ...errors import InputError, RunError, UnsupportedVersionError
 from ..base import Encoded, Progress
-from ..config import LatentConfig, config_from_dict, config_to_dict
+from ..config import config_from_payload, config_to_dict
+from .config import LatentConfig
 from ..device import release_cpu_memory, resolve_device, seed_everything, tune_cpu_allocator
 from ..entropy import laplace_bits
 from .. import netcode
@@ -429,13 +430,7 @@ class LatentModel:
             raise UnsupportedVersionError(f"latent-model payload version {v!r} is newer than this reader "
                                           f"({FORMAT_VERSION}): upgrade inrv")
         try:
-            cfg = config_from_dict(conf)
-            if "ctx_passes" not in conf:        # files written before the 8-pass context: checkerboard
-                cfg = dataclasses.replace(cfg, ctx_passes=2)
-            if "upsample" not in conf:          # ... and before cubic synthesis upsampling
-                cfg = dataclasses.replace(cfg, upsample="linear")
-            if "ctx_layers" not in conf:        # ... and before deeper context models
-                cfg = dataclasses.replace(cfg, ctx_layers=1)
+            cfg = config_from_payload(conf)     # older files: the defaults of their time (config.upgrade)
             vshape = orig + (1,) * (3 - len(orig))
             shapes = level_shapes(vshape, cfg.levels)
             lo_s, hi_s = (int(v) for v in conf["sym_range"])

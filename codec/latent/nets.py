@@ -10,7 +10,7 @@ import numpy as np
 
 from ...errors import InputError
 from .. import netcode
-from ..config import LatentConfig
+from .config import LatentConfig
 from ..quant import dequantize_state, quantize_state
 from .context import _make_ctx
 from .synthesis import _make_synth

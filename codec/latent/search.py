@@ -7,7 +7,7 @@ import math
 
 from ...errors import InputError
 from ..base import Encoded
-from ..config import LatentConfig
+from .config import LatentConfig
 
 
 def search_lambda(fit_once, arr, cfg: LatentConfig, dev, progress) -> Encoded:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ...errors import InputError
-from ..config import LatentConfig
+from .config import LatentConfig
 from .grids import _interp, _interp_cubic, up_cubic_torch, up_torch
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import inrv
-from inrv.codec import paper as paper_mod
+from inrv.codec.paper import slabs as paper_slabs
 from inrv.codec.config import make_config
 from inrv.codec.paper import count_params, make_partition
 from inrv.codec.siren import BlockSiren, Siren
@@ -62,7 +62,7 @@ def test_odd_size_blocks_roundtrip_and_streamed_decode(monkeypatch):
     y = inrv.decode(enc)
     assert y.shape == x.shape and np.all(np.isfinite(y))
     # streamed decode (tiny slabs + tiny chunks) equals the whole-grid decode
-    monkeypatch.setattr(paper_mod, "RENDER_CHUNK", 999)
+    monkeypatch.setattr(paper_slabs, "RENDER_CHUNK", 999)
     small = dataclasses.replace(enc, config=dict(enc.config, max_lr_cells=19 * 21 * 3))
     np.testing.assert_allclose(inrv.decode(small), y, atol=1e-5 * float(np.ptp(x)))  # float32 rounding
     for shape in [(20, 30, 10), (74, 82, 46)]:

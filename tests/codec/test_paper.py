@@ -6,6 +6,7 @@ import torch
 
 import inrv
 from inrv.codec import paper as paper_mod
+from inrv.codec.paper import slabs as paper_slabs
 from inrv.codec.config import make_config
 from inrv.codec.downsample import kspace_downsample
 from inrv.codec.paper import PaperModel, count_params
@@ -59,7 +60,7 @@ def test_chunked_render_equals_one_shot(monkeypatch):
     x = _phantom((8, 8, 8))
     enc = inrv.encode(x, "tiny", device="cpu", **TINY)
     whole = inrv.decode(enc)
-    monkeypatch.setattr(paper_mod, "RENDER_CHUNK", 37)
+    monkeypatch.setattr(paper_slabs, "RENDER_CHUNK", 37)
     np.testing.assert_allclose(inrv.decode(enc), whole, atol=1e-5)
 
 
@@ -148,7 +149,7 @@ def test_full_batch_training_is_chunked_without_changing_the_result(monkeypatch)
     x = _phantom((8, 8, 6))
     kw = dict(TINY, points_per_step=None, steps=3, lr_loss_weight=0.5)
     whole = inrv.encode(x, "tiny", device="cpu", **kw)
-    monkeypatch.setattr(paper_mod, "RENDER_CHUNK", 50)
+    monkeypatch.setattr(paper_slabs, "RENDER_CHUNK", 50)
     chunked = inrv.encode(x, "tiny", device="cpu", **kw)
     a = _latent(whole)
     b = _latent(chunked)
