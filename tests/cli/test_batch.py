@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import phantom
 
 import inrv
 from inrv.cli import batch as E
@@ -41,19 +42,10 @@ def _write_image(path: Path, arr: np.ndarray, spacing=(1.0, 1.0, 2.0)) -> None:
     sitk.WriteImage(img, str(path))
 
 
-def _phantom(n: int, seed: int) -> np.ndarray:
-    """A smooth blob plus a little noise, int16 (z, y, x)."""
-    rng = np.random.default_rng(seed)
-    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n),) * 3, indexing="ij")
-    c = rng.uniform(-0.3, 0.3, 3)
-    blob = 800 * np.exp(-((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) / 0.3)
-    return (blob + rng.normal(0, 5, blob.shape)).astype(np.int16)
-
-
 def _dicom_series(folder: Path, uid: str, n: int = 4, size: int = 8, prefix: str = "im", seed: int = 0) -> None:
     """A DICOM series of ``n`` slices written with SimpleITK (consistent Study/Series/SOP UIDs)."""
     folder.mkdir(parents=True, exist_ok=True)
-    vol = _phantom(size, seed)[:n]
+    vol = phantom("int16", (size,) * 3, seed)[:n]
     for k in range(n):
         img = sitk.GetImageFromArray(vol[k:k + 1])
         img.SetSpacing((1.0, 1.0, 2.0))
@@ -82,11 +74,11 @@ def make_archive(root: Path, n_nifti: int = 7, size: int = 8, two_series: bool =
     expected = {}
     for i in range(n_nifti):
         rel = f"sub-{i % 3}/ses-{i}/scan{i}.nii.gz"
-        _write_image(root / rel, _phantom(size, i))
+        _write_image(root / rel, phantom("int16", (size,) * 3, i))
         expected[rel] = rel[: -len(".nii.gz")] + ".inrv"
-    _write_image(root / "other/vol.nrrd", _phantom(size, 100))
+    _write_image(root / "other/vol.nrrd", phantom("int16", (size,) * 3, 100))
     expected["other/vol.nrrd"] = "other/vol.inrv"
-    _write_image(root / "other/vol2.mha", _phantom(size, 101))
+    _write_image(root / "other/vol2.mha", phantom("int16", (size,) * 3, 101))
     expected["other/vol2.mha"] = "other/vol2.inrv"
     (root / "broken").mkdir()
     (root / "broken/corrupt.nii.gz").write_bytes(b"this is not a nifti file, just corrupt bytes" * 10)
@@ -202,15 +194,15 @@ def test_discover_filters_and_skips_dst_inside_src(tmp_path):
     assert not any(j.key.startswith(("sub-0/", "broken/")) for j in no_sub0)
     assert any(j.kind == "dicom" for j in no_sub0)
     # an output folder inside SRC is never walked (no .inrv re-encoding, no loops)
-    _write_image(src / "out/x.nii.gz", _phantom(8, 3))
+    _write_image(src / "out/x.nii.gz", phantom("int16", (8,) * 3, 3))
     assert not any(j.key.startswith("out/") for j in E.discover(src, dst=src / "out"))
     with pytest.raises(inrv.UsageError):
         E.discover(src / "README.txt")
 
 
 def test_colliding_outputs_get_distinct_names(tmp_path):
-    _write_image(tmp_path / "scan.nii", _phantom(8, 1))
-    _write_image(tmp_path / "scan.nii.gz", _phantom(8, 2))
+    _write_image(tmp_path / "scan.nii", phantom("int16", (8,) * 3, 1))
+    _write_image(tmp_path / "scan.nii.gz", phantom("int16", (8,) * 3, 2))
     outs = {j.key: j.output for j in E.discover(tmp_path)}
     assert outs == {"scan.nii": "scan.nii.inrv", "scan.nii.gz": "scan.nii.gz.inrv"}
 
@@ -308,13 +300,13 @@ def test_engine_records_every_input_isolates_faults_and_resumes(tmp_path, fake_c
     assert len(E.read_manifests(dst)) == len(expected)
 
     # the input is repaired; --retry-failed encodes it, and only it
-    _write_image(src / "broken/corrupt.nii.gz", _phantom(8, 50))
+    _write_image(src / "broken/corrupt.nii.gz", phantom("int16", (8,) * 3, 50))
     plan, stats = run_engine(src, dst, threads_client, retry_failed=True)
     assert [p.job.key for p in plan if p.action == "encode"] == ["broken/corrupt.nii.gz"]
     assert stats.exit_code == E.EXIT_OK
 
     # a changed input, a deleted output and a truncated output are encoded again; nothing else is
-    _write_image(src / "sub-0/ses-0/scan0.nii.gz", _phantom(8, 99))
+    _write_image(src / "sub-0/ses-0/scan0.nii.gz", phantom("int16", (8,) * 3, 99))
     (dst / "sub-1/ses-1/scan1.inrv").unlink()
     t = dst / "other/vol.inrv"
     t.write_bytes(t.read_bytes()[:-3])
@@ -358,8 +350,8 @@ def test_engine_shards_cover_each_input_once(tmp_path, fake_codec, threads_clien
 
 def test_a_held_lock_is_not_overwritten_and_not_recorded(tmp_path, fake_codec, threads_client):
     src, dst = tmp_path / "src", tmp_path / "dst"
-    _write_image(src / "a.nii.gz", _phantom(8, 1))
-    _write_image(src / "b.nii.gz", _phantom(8, 2))
+    _write_image(src / "a.nii.gz", phantom("int16", (8,) * 3, 1))
+    _write_image(src / "b.nii.gz", phantom("int16", (8,) * 3, 2))
     (dst).mkdir()
     # another live run is writing b.inrv right now (this process stands in for it)
     (dst / "b.inrv.lock").write_text(json.dumps({"pid": os.getpid(), "host": __import__("socket").gethostname(),
@@ -374,7 +366,7 @@ def test_a_held_lock_is_not_overwritten_and_not_recorded(tmp_path, fake_codec, t
 
 def test_leftover_temp_files_of_a_killed_writer_are_removed(tmp_path, fake_codec, threads_client):
     src, dst = tmp_path / "src", tmp_path / "dst"
-    _write_image(src / "a.nii.gz", _phantom(8, 1))
+    _write_image(src / "a.nii.gz", phantom("int16", (8,) * 3, 1))
     dst.mkdir()
     (dst / ".a.inrv.k2j3h4.tmp.inrv").write_bytes(b"half a file")
     _, stats = run_engine(src, dst, threads_client)
@@ -393,7 +385,8 @@ def _fake_compress(src, dst, config=None, *, device=None, progress=None, force=F
     data = Path(src).read_bytes()
     with atomic_output(dst, force=force) as tmp:
         tmp.write_bytes(b"INRVFAKE" + hashlib.sha256(data).digest())
-    return {"psnr": 30.0, "ssim": 0.9, "bpv": 2.0, "seconds": 0.01, "device": "cpu"}
+    return inrv.Summary(path=str(dst), model="fake", shape=(8, 8, 8), dtype="int16", file_bytes=40,
+                        raw_bytes=1024, ratio=25.6, bpv=2.0, psnr=30.0, ssim=0.9, seconds=0.01, device="cpu")
 
 
 def job(spec):
@@ -413,8 +406,8 @@ def test_a_worker_that_dies_fails_only_its_job(tmp_path, monkeypatch):
 
     src, dst = tmp_path / "src", tmp_path / "dst"
     for i in range(4):
-        _write_image(src / f"ok{i}.nii.gz", _phantom(8, i))
-    _write_image(src / "crash.nii.gz", _phantom(8, 9))
+        _write_image(src / f"ok{i}.nii.gz", phantom("int16", (8,) * 3, i))
+    _write_image(src / "crash.nii.gz", phantom("int16", (8,) * 3, 9))
     (tmp_path / "crashy_jobs.py").write_text(CRASHY_JOBS)
     monkeypatch.syspath_prepend(str(tmp_path))           # spawned workers inherit sys.path
     import crashy_jobs
@@ -621,7 +614,7 @@ def test_out_of_memory_on_a_gpu_is_retried_once_on_the_cpu(tmp_path, monkeypatch
     monkeypatch.setattr(inrv, "compress", compress_oom_on_cuda)
     monkeypatch.setattr(inrv, "info", fake_info)
     src, dst = tmp_path / "src", tmp_path / "dst"
-    _write_image(src / "a.nii.gz", _phantom(8, 1))
+    _write_image(src / "a.nii.gz", phantom("int16", (8,) * 3, 1))
     chash, config = E.config_identity("tiny", {"steps": 3})
     plan = E.make_plan(E.discover(src), dst, chash)
     stats = E.run_batch(plan, src_root=str(src), dst=str(dst), manifest="manifest.jsonl", config=config,
@@ -633,13 +626,13 @@ def test_out_of_memory_on_a_gpu_is_retried_once_on_the_cpu(tmp_path, monkeypatch
 
 def test_verify_output_checks_shape_geometry_and_psnr(tmp_path):
     """``--verify``'s check, on a real (tiny, 2-step) encode."""
-    vol = _phantom(8, 3)
+    vol = phantom("int16", (8,) * 3, 3)
     _write_image(tmp_path / "a.nii.gz", vol)
     summary = inrv.compress(tmp_path / "a.nii.gz", tmp_path / "a.inrv", "tiny", steps=2, device="cpu")
     psnr = summary.psnr
     assert E.verify_output(str(tmp_path / "a.nii.gz"), str(tmp_path / "a.inrv"), psnr) is None
     assert "PSNR" in E.verify_output(str(tmp_path / "a.nii.gz"), str(tmp_path / "a.inrv"), psnr + 1.0)
-    _write_image(tmp_path / "other.nii.gz", _phantom(8, 4))           # same grid, other voxels
+    _write_image(tmp_path / "other.nii.gz", phantom("int16", (8,) * 3, 4))           # same grid, other voxels
     assert "PSNR" in E.verify_output(str(tmp_path / "other.nii.gz"), str(tmp_path / "a.inrv"), psnr)
     _write_image(tmp_path / "moved.nii.gz", vol, spacing=(1.0, 1.0, 3.0))
     assert "spacing" in E.verify_output(str(tmp_path / "moved.nii.gz"), str(tmp_path / "a.inrv"), psnr)
@@ -650,8 +643,8 @@ def test_verify_output_checks_shape_geometry_and_psnr(tmp_path):
 def test_an_output_written_by_an_overlapping_run_after_the_plan_is_not_redone(tmp_path, fake_codec,
                                                                              threads_client):
     src, dst = tmp_path / "src", tmp_path / "dst"
-    _write_image(src / "a.nii.gz", _phantom(8, 1))
-    _write_image(src / "b.nii.gz", _phantom(8, 2))
+    _write_image(src / "a.nii.gz", phantom("int16", (8,) * 3, 1))
+    _write_image(src / "b.nii.gz", phantom("int16", (8,) * 3, 2))
     chash, config = E.config_identity("tiny", {"steps": 3})
     planned_at = time.time() - 5
     plan = E.make_plan(E.discover(src), dst, chash)
@@ -673,7 +666,7 @@ def test_an_output_written_by_an_overlapping_run_after_the_plan_is_not_redone(tm
 def test_an_output_that_fails_verify_is_removed_and_recorded_failed(tmp_path, fake_codec, threads_client):
     """The stand-in codec's outputs cannot be decoded: --verify must catch that."""
     src, dst = tmp_path / "src", tmp_path / "dst"
-    _write_image(src / "a.nii.gz", _phantom(8, 1))
+    _write_image(src / "a.nii.gz", phantom("int16", (8,) * 3, 1))
     _, stats = run_engine(src, dst, threads_client, verify=True)
     (row,) = E.read_manifests(dst)
     assert row["status"] == "failed" and row["error_type"] == "VerifyError" and row["verified"] is None

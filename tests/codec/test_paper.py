@@ -3,6 +3,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import PAPER_TINY
 
 import inrv
 from inrv.codec import paper as paper_mod
@@ -12,8 +13,7 @@ from inrv.codec.downsample import kspace_downsample
 from inrv.codec.paper import PaperModel, count_params
 from inrv.errors import DeviceError, FormatError, InputError
 
-TINY = dict(steps=8, points_per_step=512, nc=2, sn=8, attn_width=8, attn_heads=2, attn_blocks=1, mlp_width=8,
-            res_blocks=1)
+TINY = dict(PAPER_TINY, steps=8)
 
 
 def _phantom(shape=(16, 16, 16), seed=0):
@@ -24,7 +24,6 @@ def _phantom(shape=(16, 16, 16), seed=0):
 
 
 def test_end_to_end_lowers_loss_and_beats_trilinear():
-    torch.set_num_threads(1)
     x = _phantom()
     losses = []
     cfg = make_config("tiny", steps=150, points_per_step=1024, ds=2, sn=16, nc=4, attn_width=8, attn_blocks=1,

@@ -12,25 +12,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import (SHAPE, make_volume, oblique_geometry, phantom, ras_affine, rotation, write_pydicom_series,
+                      write_scaled_nifti)
 
 from inrv.errors import InputError, UsageError
 from inrv.formats.io import format_for_path, read_volume, restore_dtype, write_volume
 from inrv.formats.volume import Geometry, Intensity, Volume
-
-
-def _phantoms():
-    """The builders in conftest.py, loaded by path (tests/ has no __init__.py; pytest uses importlib mode)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_inrv_formats_phantoms", Path(__file__).with_name("conftest.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-_ph = _phantoms()
-SHAPE, make_volume, oblique_geometry, phantom = _ph.SHAPE, _ph.make_volume, _ph.oblique_geometry, _ph.phantom
-ras_affine, write_scaled_nifti = _ph.ras_affine, _ph.write_scaled_nifti
 
 FORMATS = ["nii.gz", "nii", "nrrd", "mha", "dicom"]
 DTYPES = ["int16", "uint8", "uint16", "float32"]
@@ -563,7 +550,7 @@ def test_reads_a_pydicom_ct_series_as_stored_values(tmp_path):
     pytest.importorskip("pydicom")
     stored = (phantom("int16") + 1024).clip(0, 4095).astype(np.uint16)   # CT: uint16 + intercept -1024
     g = oblique_geometry()
-    _ph.write_pydicom_series(tmp_path / "ct", stored, g, slope=1.0, intercept=-1024.0)
+    write_pydicom_series(tmp_path / "ct", stored, g, slope=1.0, intercept=-1024.0)
     vol = read_volume(tmp_path / "ct")                                  # names shuffled on disk
     assert vol.data.dtype == np.uint16
     np.testing.assert_array_equal(vol.data, stored)
@@ -583,7 +570,7 @@ def test_per_slice_rescale_keeps_rescaled_values(tmp_path):
     pytest.importorskip("pydicom")
     stored = phantom("uint16") // 4
     g = oblique_geometry()
-    _ph.write_pydicom_series(tmp_path / "mr", stored, g, slope=0.25, modality="MR", per_slice_slope=True)
+    write_pydicom_series(tmp_path / "mr", stored, g, slope=0.25, modality="MR", per_slice_slope=True)
     vol = read_volume(tmp_path / "mr")
     slopes = 0.25 * (1 + 0.5 * np.arange(SHAPE[2]))
     assert (vol.intensity.slope, vol.intensity.intercept) == (1.0, 0.0) and vol.intensity.units is None
@@ -602,7 +589,7 @@ def test_random_oblique_geometries_round_trip(tmp_path_factory):
                       shape=st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 5)),
                       left=st.booleans())
     def check(angles, spacing, origin, shape, left):
-        d = _ph.rotation(*angles)
+        d = rotation(*angles)
         if left:
             d[:, 2] *= -1
         g = Geometry(spacing, origin, tuple(d.ravel()))
