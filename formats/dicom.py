@@ -33,13 +33,15 @@ single-frame files), for the SourceImageSequence of a written series.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import struct
 import uuid
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -192,9 +194,11 @@ class DicomFolder:
             return ""
         counts: dict[str, int] = defaultdict(int)
         for s in self.skipped:
-            counts[s.reason.split(":")[0]] += 1
-        parts = ", ".join(f"{n} {why}" for why, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-        return f"{len(self.skipped)} skipped ({parts})"
+            counts[s.reason] += 1
+        parts = "; ".join(f"{n} x {why}" if n > 1 else why
+                          for why, n in sorted(counts.items(), key=lambda kv: -kv[1])[:4])
+        more = "; ..." if len(counts) > 4 else ""
+        return f"{len(self.skipped)} file{'s' if len(self.skipped) > 1 else ''} skipped ({parts}{more})"
 
     def to_dict(self) -> dict[str, Any]:
         return {"series": [{"index": s.index, "uid": s.uid, "modality": s.modality, "description": s.description,
@@ -212,6 +216,21 @@ def _sop_name(uid: str) -> str:
     except Exception:  # noqa: BLE001 - any odd UID text
         name = uid
     return name or uid
+
+
+@contextlib.contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """Silence pydicom's warnings and log lines (odd values, missing meta) while inrv inspects files and
+    reports problems in its own words."""
+    logger = logging.getLogger("pydicom")
+    before = logger.disabled
+    logger.disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.disabled = before
 
 
 def _read_header(path: Path):
@@ -253,13 +272,13 @@ def _classify(path: Path, d) -> tuple[str | None, str | None]:
     meta = getattr(d, "file_meta", None)
     media_class = str(_get(meta, "MediaStorageSOPClassUID", "")) if meta is not None else ""
     if media_class == _DICOMDIR or "DirectoryRecordSequence" in d:
-        return None, "DICOMDIR: a media directory, not an image"
+        return None, "a DICOMDIR (media directory), not an image"
     sop = str(_get(d, "SOPClassUID", "") or media_class)
     if not any(k in d for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         if not sop and "Modality" not in d and "Rows" not in d:
             return None, "cannot be parsed as DICOM (no SOP class, no image)"
         modality = str(_get(d, "Modality", "") or "")
-        return None, f"not an image: {_sop_name(sop)}" + (f" ({modality})" if modality else "")
+        return None, f"{_sop_name(sop)}" + (f" ({modality})" if modality else "") + " holds no image"
     if "FloatPixelData" in d or "DoubleFloatPixelData" in d:
         return "float pixel data (parametric maps) is not supported", None
     return None, None
@@ -267,12 +286,28 @@ def _classify(path: Path, d) -> tuple[str | None, str | None]:
 
 def _problem(d, n_files: int) -> str | None:
     """Why a stack cannot become a volume, judged from one header (None: try it)."""
+    return _file_problem(d) or _count_problem(d, n_files)
+
+
+def _count_problem(d, n_files: int) -> str | None:
+    if n_files * max(1, _int(_get(d, "NumberOfFrames", 1), 1)) < 2:
+        return "a single 2D image; inrv needs a 3D volume (2 or more slices)"
+    return None
+
+
+def _file_problem(d) -> str | None:
+    """Why an image file cannot be part of a volume, whatever the stack."""
     sop = str(_get(d, "SOPClassUID", ""))
     spp = _int(_get(d, "SamplesPerPixel", 1), 1)
     photometric = str(_get(d, "PhotometricInterpretation", "") or "").upper()
     if spp != 1 or photometric not in ("", "MONOCHROME1", "MONOCHROME2"):
         return (f"{photometric or 'colour'} pixels ({spp} samples per pixel); "
                 "inrv reads grayscale (MONOCHROME1/2) images")
+    if any(_get(d, k) in (None, "") for k in ("Rows", "Columns", "BitsAllocated")):
+        return "pixel data without Rows/Columns/BitsAllocated; not a complete image"
+    frames_text = _get(d, "NumberOfFrames")
+    if frames_text not in (None, "") and _int(frames_text, -1) < 1:
+        return f"NumberOfFrames {str(frames_text)!r} is not a positive number"
     bits = _int(_get(d, "BitsAllocated", 0))
     if bits not in (8, 16, 32):
         return f"{bits}-bit pixels; inrv reads 8, 16 or 32-bit integer pixels"
@@ -285,8 +320,6 @@ def _problem(d, n_files: int) -> str | None:
                 "inrv needs it to place slices in space")
     if "ModalityLUTSequence" in d:
         return "a Modality LUT Sequence (instead of RescaleSlope/Intercept) is not supported"
-    if n_files * frames < 2:
-        return "a single 2D image; inrv needs a 3D volume (2 or more slices)"
     return None
 
 
@@ -299,6 +332,11 @@ def discover_series(source: str | Path | Sequence[str | Path]) -> DicomFolder:
 
     Never raises for a bad file: files that are not DICOM (by ``looks_like_dicom``), cannot be parsed, or
     hold no image are listed in ``skipped`` with a reason."""
+    with quiet_pydicom():
+        return _discover(source)
+
+
+def _discover(source: str | Path | Sequence[str | Path]) -> DicomFolder:
     if isinstance(source, (str, Path)):
         folder = Path(source)
         paths = _candidate_files(folder.iterdir()) if folder.is_dir() else [folder]
@@ -323,10 +361,16 @@ def discover_series(source: str | Path | Sequence[str | Path]) -> DicomFolder:
             continue
         iop = _floats(_get(d, "ImageOrientationPatient"), 6)
         ps = _floats(_get(d, "PixelSpacing"), 2)
+        try:
+            problem = problem or _file_problem(d)
+        except Exception as e:  # noqa: BLE001
+            problem = f"an image header that cannot be interpreted ({type(e).__name__})"
+        frames = _int(_get(d, "NumberOfFrames", 1), 1)
         key = (str(_get(d, "SeriesInstanceUID", "") or ""), str(_get(d, "SOPClassUID", "") or ""),
                _int(_get(d, "Rows", 0)), _int(_get(d, "Columns", 0)),
                tuple(round(v, 3) for v in iop) if iop else None,
-               tuple(round(v, 4) for v in ps) if ps else None, problem)
+               tuple(round(v, 4) for v in ps) if ps else None, problem,
+               str(p) if frames > 1 else "")  # a multi-frame file is a stack of its own
         groups[key].append((p, d))
     stacks: list[DicomSeries] = []
     by_uid: dict[str, list[tuple]] = defaultdict(list)
@@ -336,6 +380,8 @@ def discover_series(source: str | Path | Sequence[str | Path]) -> DicomFolder:
         for key in keys:
             members = groups[key]
             part = _orientation_name(key[4]) + f" {key[3]}x{key[2]}" if len(keys) > 1 else ""
+            if key[7]:
+                part = f"file {Path(key[7]).name}"
             for sub, members_sub in _split_repeats(members):
                 stacks.append(_make_series(uid, members_sub, key[6], " ".join(x for x in (part, sub) if x)))
     stacks.sort(key=lambda s: (s.number if s.number is not None else 1 << 30, s.uid, s.part))
@@ -389,7 +435,7 @@ def _make_series(uid: str, members: list[tuple[Path, Any]], problem: str | None,
                     rows=_int(_get(d0, "Rows", 0)), columns=_int(_get(d0, "Columns", 0)),
                     frames=max(1, _int(_get(d0, "NumberOfFrames", 1), 1)), part=part)
     s.files = [str(p) for p, _ in sorted(members, key=lambda m: (_int(_get(m[1], "InstanceNumber", 0)), str(m[0])))]
-    s.problem = problem or _problem(d0, len(members))
+    s.problem = problem or _count_problem(d0, len(members))
     return s
 
 
@@ -439,7 +485,11 @@ def select_series(found: DicomFolder, where: str, series: str | int | None = Non
 def read_dicom(path: str | Path, *, keep_private: bool = False, series: str | int | None = None) -> Volume:
     """Read a DICOM stack: the folder's only image series, the one ``series`` names (1-based index or
     SeriesInstanceUID), or, for a path to one file, the stack that file belongs to."""
-    path = Path(path)
+    with quiet_pydicom():
+        return _read_dicom(Path(path), keep_private, series)
+
+
+def _read_dicom(path: Path, keep_private: bool, series: str | int | None) -> Volume:
     if path.is_file():
         found = discover_series(path.parent)
         pick = select_series(found, str(path), series, file=None if series else str(path))
@@ -532,10 +582,10 @@ def _decode(path: str, d, where: str) -> np.ndarray:
         warnings.simplefilter("ignore")
         try:
             arr = np.asarray(d.pixel_array)
-        except Exception as first:  # noqa: BLE001 - try GDCM before giving up
-            arr = _decode_gdcm(path, d)
+        except Exception as first:  # noqa: BLE001 - try GDCM (compressed syntaxes only) before giving up
+            compressed = bool(ts) and _pydicom().uid.UID(ts).is_compressed
+            arr = _decode_gdcm(path, d) if compressed else None
             if arr is None:
-                compressed = bool(ts) and _pydicom().uid.UID(ts).is_compressed
                 if compressed:
                     raise InputError(f"{where}: cannot decode {_sop_name(ts)} pixel data (no decoder "
                                      f"installed for it, or the data are damaged); inrv decodes "

@@ -212,7 +212,7 @@ def write_series(volume: Volume, folder: Path) -> None:
         x.LossyImageCompression = "01"
         ratio = lossy.get("lossy_ratio")
         if ratio is not None and float(ratio) > 0:
-            x.LossyImageCompressionRatio = [ds(float(ratio))]
+            x.LossyImageCompressionRatio = ds(float(ratio))
         # Image Plane
         x.ImageOrientationPatient = [ds(v) for v in (*d[:, 0], *d[:, 1])]
         x.PixelSpacing = [ds(g.spacing[1]), ds(g.spacing[0])]      # row spacing (y), column spacing (x)
