@@ -14,8 +14,8 @@ Which IOD
 
 Pixels
     CT/MR pixels are 16-bit integers. An integer volume whose values fit int16 (signed) or uint16 is
-    written as is with its RescaleSlope/Intercept (uint8/int8 as 16-bit words with BitsStored 8, so they
-    read back as uint8/int8); other volumes (floats, 32-bit integers beyond 16 bits) are quantised to int16 with a
+    written as is with its RescaleSlope/Intercept (in MR, uint8/int8 as 16-bit words with BitsStored 8, so
+    they read back as uint8/int8; CT needs BitsStored 12..16, so they read back as 16-bit); other volumes (floats, 32-bit integers beyond 16 bits) are quantised to int16 with a
     slope/intercept spanning their physical range.
 
 What is written (see ``docs/formats.md`` for the table): ImageType ``DERIVED\\SECONDARY``,
@@ -151,6 +151,8 @@ def write_series(volume: Volume, folder: Path) -> None:
     sources = [s for s in (dicom_src.get("sources") or []) if isinstance(s, (list, tuple)) and len(s) >= 2]
     lossy = src.get("lossy") or {}
     sop_class, modality, fallback_from = _iod(volume, kept)
+    if modality == "CT":
+        plan["bits_stored"] = 16  # the CT Image module allows BitsStored 12..16 only: 8-bit data read back as 16-bit
     identity_kept = any(k in kept for k in PRIVATE_TAGS)
 
     d = np.asarray(g.direction, dtype=np.float64).reshape(3, 3)
