@@ -167,6 +167,7 @@ class DicomSeries:
     frames: int = 1                 # frames per file (RT Dose grids: > 1)
     part: str = ""                 # "" or what separates it from other stacks of the same UID
     problem: str | None = None     # why it cannot become a volume, None when it may
+    headers: list = field(default_factory=list, repr=False, compare=False)  # pydicom datasets (pixels deferred)
 
     @property
     def images(self) -> int:
@@ -434,7 +435,9 @@ def _make_series(uid: str, members: list[tuple[Path, Any]], problem: str | None,
                     else None,  # type: ignore[arg-type]
                     rows=_int(_get(d0, "Rows", 0)), columns=_int(_get(d0, "Columns", 0)),
                     frames=max(1, _int(_get(d0, "NumberOfFrames", 1), 1)), part=part)
-    s.files = [str(p) for p, _ in sorted(members, key=lambda m: (_int(_get(m[1], "InstanceNumber", 0)), str(m[0])))]
+    ordered = sorted(members, key=lambda m: (_int(_get(m[1], "InstanceNumber", 0)), str(m[0])))
+    s.files = [str(p) for p, _ in ordered]
+    s.headers = [d for _, d in ordered]
     s.problem = problem or _count_problem(d0, len(members))
     return s
 
@@ -666,15 +669,8 @@ def _units(tags: dict[str, str], sop: str) -> str | None:
 
 
 def _read_stack(s: DicomSeries, where: str, *, keep_private: bool) -> Volume:
-    pydicom = _pydicom()
-    headers = []
-    for f in s.files:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                headers.append(pydicom.dcmread(f, defer_size=4096, force=True))
-            except Exception as e:  # noqa: BLE001
-                raise InputError(f"{f}: cannot be parsed as DICOM ({type(e).__name__})") from None
+    # the discovery's datasets: their pixel data were deferred and are read from the file on access
+    headers = s.headers if len(s.headers) == len(s.files) else [_read_full(f) for f in s.files]
     d0 = headers[0]
     row, col, (row_sp, col_sp) = _slice_geometry(d0, where)
     normal = np.cross(row, col)
@@ -703,7 +699,7 @@ def _read_stack(s: DicomSeries, where: str, *, keep_private: bool) -> Volume:
     data = np.empty((cols, rows, nz), dtype=stored_dt)
     scales = []
     if s.frames > 1:
-        full = _read_full(s.files[0])
+        full = headers[0]
         arr = _decode(s.files[0], full, where)
         if arr.shape != (s.frames, rows, cols):
             raise InputError(f"{where}: decoded pixel data of shape {arr.shape}, expected {(s.frames, rows, cols)} "
@@ -715,7 +711,7 @@ def _read_stack(s: DicomSeries, where: str, *, keep_private: bool) -> Volume:
     else:
         sources = []
         for k, i in enumerate(order):
-            full = _read_full(s.files[i])
+            full = headers[i]
             arr = _decode(s.files[i], full, where)
             if arr.shape != (rows, cols):
                 raise InputError(f"{s.files[i]}: decoded pixel data of shape {arr.shape}, expected {(rows, cols)} "

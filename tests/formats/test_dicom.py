@@ -419,3 +419,38 @@ def test_inrv_info_lists_a_dicom_folder(tmp_path):
     assert res.exit_code == 0, res.output
     assert "1 DICOM image series" in res.output and "[1] CT 128x128x3" in res.output
     assert "files: RT Plan Storage (RTPLAN) holds no image" in res.output        # rtplan + rtplan_truncated
+
+
+def _two_series(tmp_path: Path) -> Path:
+    folder = tmp_path / "two"
+    _stack_from(local("MR_small.dcm"), folder, n=3, names="a", series_uid="1.2.3.1")
+    _stack_from(local("MR_small.dcm"), folder, n=4, names="b", series_uid="1.2.3.2")
+    return folder
+
+
+def test_encode_without_series_on_a_folder_of_two_is_one_line_exit_2(tmp_path):
+    from click.testing import CliRunner
+
+    from inrv.cli.main import main
+
+    folder = _two_series(tmp_path)
+    res = CliRunner().invoke(main, ["encode", str(folder), "-o", str(tmp_path / "x.inrv"), "--preset", "tiny",
+                                    "--epochs", "2", "--no-progress"])
+    assert res.exit_code == 2 and "--series" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "x.inrv").exists()
+
+
+@pytest.mark.slow
+def test_encode_picks_a_series(tmp_path):
+    from click.testing import CliRunner
+
+    from inrv.cli.main import main
+
+    folder = _two_series(tmp_path)
+    runner = CliRunner()
+    res = runner.invoke(main, ["encode", str(folder), "-o", str(tmp_path / "b.inrv"), "--series", "1.2.3.2",
+                               "--preset", "tiny", "--epochs", "2", "--no-progress", "--json"])
+    assert res.exit_code == 0, res.output
+    import inrv
+
+    assert list(inrv.info(tmp_path / "b.inrv")["shape"]) == [64, 64, 4]
