@@ -454,3 +454,17 @@ def test_encode_picks_a_series(tmp_path):
     import inrv
 
     assert list(inrv.info(tmp_path / "b.inrv")["shape"]) == [64, 64, 4]
+
+
+def test_mr_acquisition_attributes_survive_without_identity(tmp_path):
+    src = local("MR_small.dcm")
+    _stack_from(src, tmp_path / "src", n=3, step=0.8)
+    vol = read_volume(tmp_path / "src")
+    write_volume(vol, tmp_path / "out")
+    ref = pydicom.dcmread(src)
+    for s in _files(tmp_path / "out"):
+        assert str(s.SOPClassUID) == pydicom.uid.MRImageStorage
+        for kw in ("RepetitionTime", "EchoTime", "FlipAngle", "ManufacturerModelName", "ScanningSequence",
+                   "SequenceVariant", "SliceThickness"):
+            assert str(s[kw].value) == str(ref[kw].value), kw
+        assert str(s.PatientName) == "" and "InstitutionName" not in s and "StudyDate" in s and s.StudyDate == ""
