@@ -75,6 +75,15 @@ def _require_input(path: Path) -> None:
         raise InputError(f"{path}: no such file or directory")
 
 
+def _is_dicom_input(path: Path) -> bool:
+    """A folder, or a file that sniffs as DICOM: ``inrv info`` lists its series instead of reading .inrv."""
+    if path.is_dir():
+        return True
+    from ..formats.dicom import looks_like_dicom
+
+    return path.is_file() and path.suffix.lower() != ".inrv" and looks_like_dicom(path)
+
+
 def _refuse_inrv_input(path: Path) -> None:
     """``inrv encode x.inrv`` is almost always a slip for ``inrv decode``: say so."""
     if not path.is_file():
@@ -136,13 +145,16 @@ def _source_kind(info: dict[str, Any]) -> str | None:
 @click.argument("src", metavar="IN", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Output .inrv file (default: IN with its suffix replaced by .inrv).")
+@click.option("--series", default=None, metavar="N|UID",
+              help="For a DICOM folder holding several series: the one to encode, by its index in "
+                   "`inrv info FOLDER` or its SeriesInstanceUID.")
 @encoding_options
 @force_option
 @json_option
 @progress_option
 @verbosity_options
 def encode(src: Path, output: Path | None, device: str | None, force: bool, as_json: bool,
-           progress: bool | None, keep_private: bool, **opts: Any) -> None:
+           progress: bool | None, keep_private: bool, series: str | None = None, **opts: Any) -> None:
     """Compress a volume IN (NIfTI, NRRD, MHA file or DICOM series folder) into an .inrv file.
 
     Prints a progress bar while training and a one-line summary (size, bits per voxel, PSNR, SSIM,
@@ -166,7 +178,7 @@ def encode(src: Path, output: Path | None, device: str | None, force: bool, as_j
     log(f"inrv: config {config}", 2)
     with ProgressBar(desc=src.name, enabled=progress_enabled(progress)) as bar:
         summary = inrv.compress(src, dst, config, device=device, progress=bar, force=force,
-                                keep_private=keep_private)
+                                keep_private=keep_private, series=series)
     if as_json:
         click.echo(dumps({**summary.to_dict(), "input": str(src), "output": str(dst)}))
     else:
@@ -241,7 +253,8 @@ def decode(src: Path, output: Path | None, shape: tuple[int, int, int] | None, d
 @json_option
 @verbosity_options
 def info(files: tuple[Path, ...], as_json: bool) -> None:
-    """Describe .inrv files without decoding them (no torch needed; fast).
+    """Describe .inrv files without decoding them (no torch needed; fast); for a DICOM folder (or one of its
+    files), list the image series it holds (index, modality, size, UID) and the files skipped, with why.
 
     Human-readable blocks, or with --json one JSON object per file, one per line (JSON Lines; a single
     file gives a single JSON document). A bad file prints one error line and sets the exit code (2),
@@ -254,6 +267,13 @@ def info(files: tuple[Path, ...], as_json: bool) -> None:
     for path in files:
         try:
             _require_input(path)
+            if _is_dicom_input(path):
+                from ..formats.dicom import describe_folder, describe_folder_text
+
+                d = describe_folder(path)
+                click.echo(dumps(d) if as_json else describe_folder_text(d))
+                printed = True
+                continue
             d = inrv.info(path).to_dict()
         except Exception as exc:  # noqa: BLE001 - reported per file; the others still run
             worst = max(worst, report_error(exc, verbosity()))

@@ -55,17 +55,15 @@ def has_dicom_preamble(head: bytes) -> bool:
 
 
 def looks_like_dicom(path: str | os.PathLike) -> bool:
-    """The one DICOM sniffer: a ``.dcm``/``.ima``/``.dicom`` name, or a file with the ``DICM`` preamble.
+    """The one DICOM sniffer: a ``.dcm``/``.ima``/``.dicom`` name, or a file whose first bytes are DICOM
+    (``formats.dicom.looks_like_dicom``: the ``DICM`` preamble, or a bare dataset without one).
     An unreadable file is not DICOM (the reader reports why later)."""
+    from .dicom import looks_like_dicom as dicom_bytes
+
     p = Path(path)
     if p.suffix.lower() in DICOM_SUFFIXES:
         return True
-    try:
-        with open(p, "rb") as f:
-            head = f.read(DICOM_MAGIC_OFFSET + 4)
-    except OSError:
-        return False
-    return has_dicom_preamble(head)
+    return dicom_bytes(p)
 
 
 @dataclass(frozen=True)
@@ -92,17 +90,18 @@ def walk(root: str | os.PathLike, *, skip: str | os.PathLike | None = None) -> I
 
 
 def dicom_series(folder: str | os.PathLike) -> list[tuple[str, tuple[str, ...]]]:
-    """``[(SeriesInstanceUID, sorted file paths)]`` of the DICOM files directly in ``folder`` (GDCM),
-    grouped by series, not by folder; sorted by UID."""
-    import SimpleITK as sitk
+    """``[(SeriesInstanceUID, sorted file paths)]`` of the readable image stacks directly in ``folder``
+    (``formats.dicom.discover_series``: odd objects such as reports, RT plans or a DICOMDIR are skipped,
+    and so are stacks that cannot become a volume, e.g. a single localizer image); sorted by UID. A UID
+    that holds several stacks (orientations, acquisitions) gives one entry per stack, ``UID#index``."""
+    from .dicom import discover_series
 
+    readable = discover_series(folder).readable()
     out = []
-    reader = sitk.ImageSeriesReader
-    for uid in sorted(reader.GetGDCMSeriesIDs(str(folder)) or ()):
-        files = tuple(sorted(reader.GetGDCMSeriesFileNames(str(folder), uid)))
-        if files:
-            out.append((uid, files))
-    return out
+    for s in readable:
+        shared = sum(t.uid == s.uid for t in readable) > 1
+        out.append((f"{s.uid}#{s.index}" if shared else s.uid, tuple(sorted(s.files))))
+    return sorted(out)
 
 
 __all__ = ["VOLUME_SUFFIXES", "DICOM_SUFFIXES", "volume_suffix", "strip_volume_suffix", "has_dicom_preamble",

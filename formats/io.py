@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import InputError, InrvError, RunError, UsageError
 from .atomic import atomic_output
+from .dicom import looks_like_dicom_head
 from .discovery import VOLUME_SUFFIXES, has_dicom_preamble, looks_like_dicom, volume_suffix
 from .volume import SUPPORTED_DTYPES, Intensity, Volume
 
@@ -53,7 +54,7 @@ def _sniff(path: Path) -> str | None:
             head = f.read(544)
     except OSError as e:
         raise InputError(f"{path}: cannot open: {e.strerror or e}") from None
-    if has_dicom_preamble(head):
+    if has_dicom_preamble(head) or looks_like_dicom_head(head):
         return "dicom"
     if head[:2] == b"\x1f\x8b":
         return None  # gzip of something: only trusted with a .nii.gz name
@@ -64,12 +65,13 @@ def _sniff(path: Path) -> str | None:
     return None
 
 
-def read_volume(path: str | os.PathLike, *, keep_private: bool = False) -> Volume:
+def read_volume(path: str | os.PathLike, *, keep_private: bool = False, series: str | int | None = None) -> Volume:
     """Read a 3D volume: NIfTI file, DICOM series folder (or one of its files), NRRD or MetaImage.
 
     ``Volume.data`` holds the stored values in their original dtype, (x, y, z) index order; geometry is
     LPS. ``keep_private=True`` keeps identifying free text / tags (NIfTI ``descrip``..., DICOM patient and
-    study tags) that are otherwise blanked or dropped."""
+    study tags) that are otherwise blanked or dropped. ``series`` picks one DICOM series of a folder that holds
+    several (1-based index or SeriesInstanceUID; ``inrv info FOLDER`` lists them)."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
@@ -90,7 +92,7 @@ def read_volume(path: str | os.PathLike, *, keep_private: bool = False) -> Volum
         if fmt == "nifti":
             vol = read_nifti(p, keep_private=keep_private)
         elif fmt == "dicom":
-            vol = read_dicom(p, keep_private=keep_private)
+            vol = read_dicom(p, keep_private=keep_private, series=series)
         else:
             vol = read_sitk(p, fmt)
     except InrvError:

@@ -59,11 +59,11 @@ def decode(encoded: Encoded, shape: tuple[int, int, int] | None = None, *, devic
     return get_model(encoded.model).render(encoded, shape=shape, device=device)
 
 
-def load(path: str | os.PathLike, *, keep_private: bool = False) -> Volume:
+def load(path: str | os.PathLike, *, keep_private: bool = False, series: str | int | None = None) -> Volume:
     """Read a NIfTI file, a DICOM series folder, an NRRD or an MHA file."""
     from .formats.io import read_volume
 
-    return read_volume(path, keep_private=keep_private)
+    return read_volume(path, keep_private=keep_private, series=series)
 
 
 def save(volume: Volume, path: str | os.PathLike, *, force: bool = False) -> None:
@@ -91,7 +91,7 @@ def info(path: str | os.PathLike) -> Summary:
 
 def compress(src: str | os.PathLike, dst: str | os.PathLike, config: Any = None, *, device: str | None = None,
              progress: Progress | None = None, force: bool = False, keep_private: bool = False,
-             **overrides: Any) -> Summary:
+             series: str | int | None = None, **overrides: Any) -> Summary:
     """Encode a volume file into an ``.inrv`` file; returns its :class:`Summary` (``seconds``: load + fit)."""
     from .codec.metrics import quality
     from .formats.atomic import check_writable
@@ -100,7 +100,7 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, config: Any = None,
 
     check_writable(dst, force)  # fail before training, not after
     t0 = time.perf_counter()
-    vol = load(src, keep_private=keep_private)
+    vol = load(src, keep_private=keep_private, series=series)
     enc = encode(vol, config, device=device, progress=progress, **overrides)
     seconds = time.perf_counter() - t0
     # the model decoded itself while fitting: reuse that reconstruction rather than decoding again
