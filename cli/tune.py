@@ -33,12 +33,12 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
 @click.argument("grid_tokens", metavar="[AXIS=V,...]...", nargs=-1)
 @click.option("--grid", "grid_opts", multiple=True, metavar="AXIS=V,...",
               help="Grid axis values, e.g. --grid ds=2,4,8 nc=4,8,16 sn=30:230:20 (paper: ds nc sn; "
-                   "latent: levels channels width). Default paper: ds=2,4,8 nc=4,8,16 sn=30,90,230.")
+                   "latent: levels channels width). Default paper: ds=2,4,8 nc=4,8,16 sn=30,70,130.")
 @click.option("--model", type=click.Choice(["paper", "latent"]), default="paper", show_default=True,
               help="Which family to tune: the paper model's DS/NC/SN, or the latent model's sizes at --bpv.")
 @click.option("--steps", "--epochs", "steps", type=click.IntRange(min=1), default=None,
-              help="Training steps per cell (default: 30 paper, 300 latent: a CPU scale; the paper trained 5000).")
-@click.option("--prefit", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Training steps per cell (default: 30 paper, 200 latent: a CPU scale; the paper trained 5000).")
+@click.option("--prefit", type=click.IntRange(min=0), default=50, show_default=True,
               help="paper: SIREN-only pre-fit steps on the low-res volume per cell.")
 @click.option("--points", type=click.IntRange(min=1), default=8192, show_default=True,
               help="paper: random query voxels per training step.")
@@ -49,10 +49,10 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
 @click.option("--alpha", default="0", show_default=True, metavar="A[,A,A]",
               help="Eq. 8 Lagrange factors (one per axis, or one for all).")
 @click.option("--beta", type=float, default=0.1, show_default=True, help="Eq. 8 penalty parameter.")
-@click.option("--latent-curve", "latent_curve", default="3e-3,1e-3,3e-4,1e-4", show_default=True,
+@click.option("--latent-curve", "latent_curve", default="3e-3,1e-3,3e-4", show_default=True,
               metavar="L,L,...", help="Rate weights of the latent model fitted for the Pareto plot ('none': skip).")
 @click.option("--latent-preset", default="fast", show_default=True, help="Preset of the latent-curve fits.")
-@click.option("--latent-steps", type=click.IntRange(min=1), default=300, show_default=True,
+@click.option("--latent-steps", type=click.IntRange(min=1), default=200, show_default=True,
               help="Steps of each latent-curve fit.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
               help="Report folder (default: IN's name + '.tune'); a rerun there skips finished cells.")
@@ -61,6 +61,8 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
                    "--apply-steps N, encode IN again with the chosen configuration at N steps.")
 @click.option("--apply-steps", type=click.IntRange(min=1), default=None, help="Steps of the --apply encode.")
 @click.option("--no-plots", is_flag=True, help="Skip the pictures (they need matplotlib).")
+@click.option("--no-fit", is_flag=True,
+              help="Fit nothing: report on the cells already finished in --out (e.g. of an interrupted run).")
 @device_option
 @force_option
 @json_option
@@ -69,7 +71,7 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
 def tune(src: Path, grid_tokens: tuple[str, ...], grid_opts: tuple[str, ...], model: str, steps: int | None,
          prefit: int, points: int, preset: str | None, seed: int, bpv: float | None, alpha: str, beta: float,
          latent_curve: str, latent_preset: str, latent_steps: int, out: Path | None, apply_to: Path | None,
-         apply_steps: int | None, no_plots: bool, device: str | None, force: bool, as_json: bool,
+         apply_steps: int | None, no_plots: bool, no_fit: bool, device: str | None, force: bool, as_json: bool,
          progress: bool | None) -> None:
     """Find the paper's trade-off point for a volume IN: fit every grid cell, evaluate Eq. 8, report.
 
@@ -116,7 +118,7 @@ def tune(src: Path, grid_tokens: tuple[str, ...], grid_opts: tuple[str, ...], mo
                           preset=preset, alpha=alphas if len(alphas) > 1 else alphas[0], beta=beta,
                           target_bpv=bpv, latent_lambdas=lambdas, latent_preset=latent_preset,
                           latent_steps=latent_steps, device=device, progress=bar,
-                          log=lambda m: log(m, 1), plots=not no_plots)
+                          log=lambda m: log(m, 1), plots=not no_plots, fit=not no_fit)
     p = report["point"]
     choice = report["choice"]
     applied = None

@@ -28,7 +28,7 @@ LATENT_AXES = {"levels": "levels", "channels": "channels", "width": "synth_width
 
 # Defaults: sized so that `inrv tune` on a 64^3 volume finishes in well under an hour on a CPU (measured:
 # docs/model-paper.md); the paper's grid is ds=2,4,8 nc=4,8,16 sn=30:230:20 at 5000 steps (a GPU's job).
-DEFAULT_PAPER_GRID = {"ds": [2, 4, 8], "nc": [4, 8, 16], "sn": [30, 90, 230]}
+DEFAULT_PAPER_GRID = {"ds": [2, 4, 8], "nc": [4, 8, 16], "sn": [30, 70, 130]}
 DEFAULT_LATENT_GRID = {"levels": [5, 7], "channels": [1, 2], "width": [8, 16]}
 _ALIASES = {"synth_width": "width", "neurons": "sn", "channels_sr": "nc"}
 
@@ -196,12 +196,13 @@ def _load_cached(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
 
 def run_cells(src: Path, cells: list[Cell], settings: RunSettings, out: Path, *, preset: str,
               device: str | None = None, progress: Progress | None = None,
-              log: Callable[[str], None] = lambda m: None) -> list[dict[str, Any]]:
+              log: Callable[[str], None] = lambda m: None, fit: bool = True) -> list[dict[str, Any]]:
     """Fit every cell not already finished in ``out/cells``; return one record per cell (in order).
 
     ``progress(done, total, info)`` is called with training steps over the whole grid (finished cells
     count as done). A cell that fails (e.g. a configuration the volume cannot take) is recorded with
-    ``status="failed"`` and its error, and the run goes on."""
+    ``status="failed"`` and its error, and the run goes on. ``fit=False``: only read the finished cells
+    (the others are left out of the result)."""
     import inrv
 
     cdir = out / "cells"
@@ -220,6 +221,9 @@ def run_cells(src: Path, cells: list[Cell], settings: RunSettings, out: Path, *,
         progress(done, total, {})
     for i, (c, rec) in enumerate(zip(cells, records)):
         if rec is not None:
+            continue
+        if not fit:
+            log(f"inrv tune: cell {c.name} not fitted yet: left out")
             continue
         base = done
 

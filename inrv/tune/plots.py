@@ -74,8 +74,10 @@ def pareto_plot(records: list[dict], curve: list[dict], report: dict[str, Any], 
     ax.set_xscale("log")
     ax.set_xlabel("bits per voxel (real .inrv file size)")
     ax.set_ylabel("PSNR (dB, peak = data range)")
-    ax.set_title(f"{Path(report['input']).name}: rate vs quality, {report['settings']['steps']} steps per fit",
-                 fontsize=9)
+    title = f"{Path(report['input']).name}: rate vs quality; {report['model']} cells {report['settings']['steps']} steps"
+    if lc:
+        title += f", latent {report.get('latent_curve_steps') or 'preset'} steps"
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -62,7 +62,7 @@ def markdown(report: dict[str, Any], records: list[dict], curve: list[dict]) -> 
              + (f", {s['prefit']} SIREN pre-fit steps, {s['points']} query points per step" if model == "paper" else
                 f", rate target {s['target_bpv']} bpv (cells more than "
                 f"{100 * report['eq8']['rate_tolerance']:.0f} % over it are not eligible)")
-             + f", seed {s['seed']}. {report['cells_ok']} of {report['cells']} cells fitted"
+             + f", seed {s['seed']}. {report['cells_ok']} of {report['cells_in_grid']} grid cells fitted"
              + (f" ({report['cells_failed']} failed, see cells.csv)" if report["cells_failed"] else "") + ".", "",
              "## Trade-off point (Eq. 8)", "",
              "| " + " | ".join(f"{k}" for k in ch if k != "model") + " | PSNR dB | SSIM | paper CR % | real bpv | bytes |"

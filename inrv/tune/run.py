@@ -22,10 +22,10 @@ from ..errors import InputError, UsageError
 from . import grid as G
 from .tradeoff import DEFAULT_ALPHA, DEFAULT_BETA, pareto_front, trade_off
 
-DEFAULT_STEPS = {"paper": 30, "latent": 300}
-DEFAULT_PREFIT = 100
+DEFAULT_STEPS = {"paper": 30, "latent": 200}
+DEFAULT_PREFIT = 50
 DEFAULT_POINTS = 8192
-DEFAULT_LATENT_LAMBDAS = (3e-3, 1e-3, 3e-4, 1e-4)
+DEFAULT_LATENT_LAMBDAS = (3e-3, 1e-3, 3e-4)
 DEFAULT_TARGET_BPV = 0.5
 RATE_TOLERANCE = 0.10   # latent tuning: cells more than 10 % over the rate target are not eligible
 
@@ -37,9 +37,9 @@ def tune(src: str | Path, out: str | Path, *, model: str = "paper", grid: dict[s
          latent_lambdas: tuple[float, ...] | None = DEFAULT_LATENT_LAMBDAS, latent_preset: str = "fast",
          latent_steps: int | None = None, device: str | None = None,
          progress: Callable[[int, int, dict], None] | None = None,
-         log: Callable[[str], None] = lambda m: None, plots: bool = True) -> dict[str, Any]:
+         log: Callable[[str], None] = lambda m: None, plots: bool = True, fit: bool = True) -> dict[str, Any]:
     """Run the grid (resuming from ``out/cells``), evaluate Eq. 8 and write the report. Returns it (the
-    ``tune.json`` document)."""
+    ``tune.json`` document). ``fit=False``: report on the cells already finished in ``out`` only."""
     src = Path(src)
     out = Path(out)
     if not src.exists():
@@ -76,9 +76,10 @@ def tune(src: str | Path, out: str | Path, *, model: str = "paper", grid: dict[s
             return None
         return lambda done, _total, info: progress(offset + done, total_units, info)
 
-    records = G.run_cells(src, cells, settings, out, preset=preset, device=device, progress=shifted(0), log=log)
+    records = G.run_cells(src, cells, settings, out, preset=preset, device=device, progress=shifted(0), log=log,
+                           fit=fit)
     curve = G.run_cells(src, curve_cells, curve_settings, out, preset=latent_preset, device=device,
-                        progress=shifted(sum(c.units for c in cells)), log=log) if curve_cells else []
+                        progress=shifted(sum(c.units for c in cells)), log=log, fit=fit) if curve_cells else []
     report = build_report(src, out, model, grid, records, curve, settings, alpha=alpha, beta=beta)
     from .report import write_report
 
@@ -151,9 +152,11 @@ def build_report(src: Path, out: Path, model: str, grid: dict[str, list[int]], r
                   **{k: best.get(k) for k in ("psnr", "ssim", "cr_paper", "bpv", "bytes", "params", "seconds")}},
         "marginals": marg, "marginals_at_point": at_point,
         "cells": len(records), "cells_ok": len(ok), "cells_failed": len(records) - len(ok),
+        "cells_in_grid": int(np.prod([len(v) for v in grid.values()])),
         "pareto": [ok[i]["name"] for i in front],
         "latent_curve": [{k: r.get(k) for k in ("name", "point", "psnr", "ssim", "bpv", "bytes", "status")}
                          for r in curve],
+        "latent_curve_steps": next((r["settings"].get("steps") for r in curve if r.get("settings")), None),
         "_tradeoff": t,     # not serialised (dropped by write_report)
     }
 
