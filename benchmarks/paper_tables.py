@@ -248,7 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("input", type=Path, nargs="?", help="the volume (the paper used a 64^3 MRI patch; "
                     "samples/mni_patch64.nii.gz is inrv's)")
+    ap.add_argument("--input", dest="input_opt", type=Path, default=None, help="same as the positional input")
     ap.add_argument("--grid", nargs="*", default=[], help="e.g. ds=2,4,8 nc=4,8,16 sn=30:230:20")
+    ap.add_argument("--ds", default=None, help="shorthand for --grid ds=...")
+    ap.add_argument("--nc", default=None, help="shorthand for --grid nc=...")
+    ap.add_argument("--sn", default=None, help="shorthand for --grid sn=...")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke scale: one cell (DS 1/2, NC 4, SN 30), 60 steps + 500 pre-fit steps")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--prefit", type=int, default=50)
     ap.add_argument("--points", type=int, default=8192)
@@ -261,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "paper_tables")
     ap.add_argument("--paper-only", action="store_true", help="only the paper's own tables and Eq. 8 on them")
     a = ap.parse_args(argv)
+    a.input = a.input or a.input_opt
+    a.grid = list(a.grid) + [f"{k}={v}" for k, v in (("ds", a.ds), ("nc", a.nc), ("sn", a.sn)) if v]
+    if a.quick:
+        a.grid, a.steps, a.prefit = ["ds=2", "nc=4", "sn=30"], 60, 500
     a.out.mkdir(parents=True, exist_ok=True)
     lines = [f"# The paper's Tables 4-7 regenerated", "",
              f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC; {platform.machine()}, python "

@@ -48,7 +48,8 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
               help="latent: the rate target every cell is fitted to (default 0.5).")
 @click.option("--alpha", default="0", show_default=True, metavar="A[,A,A]",
               help="Eq. 8 Lagrange factors (one per axis, or one for all).")
-@click.option("--beta", type=float, default=0.1, show_default=True, help="Eq. 8 penalty parameter.")
+@click.option("--beta", type=float, default=None,
+              help="Eq. 8 penalty parameter (default 0.1 for paper, 0 for latent).")
 @click.option("--latent-curve", "latent_curve", default="3e-3,1e-3,3e-4", show_default=True,
               metavar="L,L,...", help="Rate weights of the latent model fitted for the Pareto plot ('none': skip).")
 @click.option("--latent-preset", default="fast", show_default=True, help="Preset of the latent-curve fits.")
@@ -69,7 +70,8 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
 @progress_option
 @verbosity_options
 def tune(src: Path, grid_tokens: tuple[str, ...], grid_opts: tuple[str, ...], model: str, steps: int | None,
-         prefit: int, points: int, preset: str | None, seed: int, bpv: float | None, alpha: str, beta: float,
+         prefit: int, points: int, preset: str | None, seed: int, bpv: float | None, alpha: str,
+         beta: float | None,
          latent_curve: str, latent_preset: str, latent_steps: int, out: Path | None, apply_to: Path | None,
          apply_steps: int | None, no_plots: bool, no_fit: bool, device: str | None, force: bool, as_json: bool,
          progress: bool | None) -> None:

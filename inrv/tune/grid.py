@@ -225,6 +225,11 @@ def run_cells(src: Path, cells: list[Cell], settings: RunSettings, out: Path, *,
         if not fit:
             log(f"inrv tune: cell {c.name} not fitted yet: left out")
             continue
+        rec = _load_cached(cdir / f"{c.name}.json", {**sdict, "preset": preset})
+        if rec is not None:     # finished meanwhile by another run sharing this folder
+            records[i] = rec
+            done += c.units
+            continue
         base = done
 
         def cell_progress(step: int, steps: int, info: dict, _b=base, _u=c.units, _c=c) -> None:

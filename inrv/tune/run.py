@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import InputError, UsageError
+from ..errors import InputError, RunError, UsageError
 from . import grid as G
 from .tradeoff import DEFAULT_ALPHA, DEFAULT_BETA, pareto_front, trade_off
 
@@ -33,7 +33,7 @@ RATE_TOLERANCE = 0.10   # latent tuning: cells more than 10 % over the rate targ
 def tune(src: str | Path, out: str | Path, *, model: str = "paper", grid: dict[str, list[int]] | None = None,
          steps: int | None = None, prefit: int | None = DEFAULT_PREFIT, points: int | None = DEFAULT_POINTS,
          seed: int = 0, preset: str | None = None, alpha: float | tuple[float, ...] = DEFAULT_ALPHA,
-         beta: float = DEFAULT_BETA, target_bpv: float | None = None,
+         beta: float | None = None, target_bpv: float | None = None,
          latent_lambdas: tuple[float, ...] | None = DEFAULT_LATENT_LAMBDAS, latent_preset: str = "fast",
          latent_steps: int | None = None, device: str | None = None,
          progress: Callable[[int, int, dict], None] | None = None,
@@ -53,6 +53,8 @@ def tune(src: str | Path, out: str | Path, *, model: str = "paper", grid: dict[s
 
     if make_config(preset).model != model:
         raise UsageError(f"preset {preset!r} is not a {model} preset")
+    if beta is None:   # at a rate target the size penalty would only trade quality for decode speed
+        beta = DEFAULT_BETA if model == "paper" else 0.0
     if model == "latent":
         target_bpv = DEFAULT_TARGET_BPV if target_bpv is None else target_bpv
         prefit = points = None
@@ -115,7 +117,7 @@ def build_report(src: Path, out: Path, model: str, grid: dict[str, list[int]], r
     try:
         t = trade_off(grid, psnr, ssim, cr, alpha=alpha, beta=beta)
     except ValueError as exc:
-        raise InputError(f"inrv tune: no usable cell ({exc}); see {out / 'cells'}") from None
+        raise RunError(f"inrv tune: no usable cell ({exc}); see {out / 'cells'}") from None
     best = next(r for r in records if r.get("status") == "ok" and
                 all(r["point"][k] == v for k, v in t.point.items()))
     if model == "paper":
