@@ -242,9 +242,9 @@ def run_cells(src: Path, cells: list[Cell], settings: RunSettings, out: Path, *,
         rec = {"name": c.name, "model": c.model, "point": c.point, "overrides": c.overrides,
                "settings": {**sdict, "preset": preset}}
         try:
-            summary = inrv.compress(src, dst, preset, device=device, progress=cell_progress, force=True,
-                                    **c.overrides)
-            m = summary.get("metrics", {})
+            summary = _info_dict(inrv.compress(src, dst, preset, device=device, progress=cell_progress,
+                                               force=True, **c.overrides))
+            m = summary.get("metrics") or {}
             voxels = int(summary["voxels"])
             params = m.get("params")
             rec.update(status="ok", psnr=_num(m.get("psnr")), ssim=_num(m.get("ssim")),
@@ -263,6 +263,14 @@ def run_cells(src: Path, cells: list[Cell], settings: RunSettings, out: Path, *,
         if progress:
             progress(done, total, {"cell": c.name})
     return [r for r in records if r is not None]
+
+
+def _info_dict(summary: Any) -> dict[str, Any]:
+    """The ``inrv info`` document of a compress result (a dict, or a ``Summary`` with ``details``)."""
+    if isinstance(summary, dict):
+        return summary
+    details = getattr(summary, "details", None)
+    return dict(details) if details else dict(summary.to_dict())
 
 
 def _num(v: Any) -> float | None:
