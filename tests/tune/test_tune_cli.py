@@ -85,6 +85,12 @@ def test_rerun_skips_finished_cells(tuned):
     assert "8 of 8 cells already done" in r.stderr and "1 of 1 cells already done" in r.stderr
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()} == before
     assert json.loads(r.stdout)["sn"] == doc["sn"]
+    # --no-fit: a report on the finished cells of a larger grid, fitting nothing
+    r = run("tune", src, "--grid", "ds=2,4", "nc=2,4", "sn=6,10,14", *FAST, "-o", out, "--no-fit", "--no-plots")
+    assert r.exit_code == 0, r.stderr
+    rep = json.loads((out / "tune.json").read_text())
+    assert (rep["cells_ok"], rep["cells_in_grid"]) == (8, 12)
+    assert not (out / "cells" / "paper-ds2-nc2-sn14.json").exists()
     # a changed setting (steps) means the cell is not finished: it is fitted again, the others are left alone
     cell = out / "cells" / "paper-ds2-nc2-sn6.json"
     r = run("tune", src, "--grid", "ds=2", "nc=2", "sn=6", *FAST[:2], "--steps", "3", *FAST[4:], "-o", out, "-v")
