@@ -71,10 +71,10 @@ def test_json_configuration_is_accepted_by_encode(tuned):
     assert doc["model"] == "paper" and doc["encode_args"][:2] == ["--model", "paper"]
     r = run("encode", src, *doc["encode_args"], "--preset", "tiny", "--epochs", "2", "-o", d / "enc.inrv", "--json")
     assert r.exit_code == 0, r.stderr
-    cfg = inrv.info(d / "enc.inrv")["config"]
+    cfg = inrv.info(d / "enc.inrv").details["config"]
     assert (cfg["ds"][0], cfg["nc"], cfg["sn"]) == (doc["ds"], doc["nc"], doc["sn"])
     # --apply wrote the trade-off cell's file
-    assert inrv.info(d / "applied.inrv")["config"]["sn"] == doc["sn"]
+    assert inrv.info(d / "applied.inrv").details["config"]["sn"] == doc["sn"]
 
 
 def test_rerun_skips_finished_cells(tuned):
