@@ -66,6 +66,8 @@ def main() -> None:
 
 
 main.add_command(batch)       # the cli/batch/ package: discovery, plan, Dask driver, report
+from .tune import tune  # noqa: E402  (inrv tune: the paper's trade-off point method, cli/tune.py)
+main.add_command(tune)
 
 
 # --------------------------------------------------------------------------- helpers
