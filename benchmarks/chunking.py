@@ -34,19 +34,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def load_volume(name: str) -> tuple[str, np.ndarray]:
     import inrv
 
-    if name == "mni_t1":
-        from nilearn.datasets import load_mni152_template  # shipped in the wheel, no download
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import volumes  # mni_t1 / mni_patch64 by name (benchmarks/volumes.py)
 
-        import nibabel as nib
-
-        img = load_mni152_template(resolution=1)
-        path = Path(os.environ.get("TMPDIR", "/tmp")) / "inrv_mni152_t1.nii.gz"
-        nib.save(img, path)
-        return "MNI152 T1 template (nilearn)", inrv.load(path).data
-    path = Path(name)
+    path = Path(volumes.resolve(name))
     if not path.is_absolute() and not path.exists():
         path = ROOT / name
-    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name), inrv.load(path).data
+    return volumes.display_name(name), inrv.load(path).data
 
 
 def encode_chunked(vol: np.ndarray, edge: int, codec) -> tuple[int, np.ndarray, int, float]:
