@@ -54,14 +54,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import volumes as volumes_by_name  # noqa: E402
 DEFAULT_INPUTS = ["mni_t1", "mni_patch64"]   # names of benchmarks/volumes.py (mni_t1 needs nilearn)
+CPU_STEPS_LATENT = 5     # reduced CPU scale of the latent presets (a step of mni_t1 takes ~10 s on a CPU)
+TARGETS = {"encode_s": 30.0, "decode_gpu_s": 1.0, "decode_cpu2_s": 30.0, "peak_gpu_gb": 4.0}
 
 
 def _has_nilearn() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("nilearn") is not None
-CPU_STEPS_LATENT = 5     # reduced CPU scale of the latent presets (a step of mni_t1 takes ~10 s on a CPU)
-TARGETS = {"encode_s": 30.0, "decode_gpu_s": 1.0, "decode_cpu2_s": 30.0, "peak_gpu_gb": 4.0}
 
 
 def _rss_mb() -> float:

@@ -28,9 +28,8 @@ PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 def load_any(path: str | os.PathLike, *, device: str | None = None, series: str | int | None = None) -> Volume:
     """A volume from any file inrv reads; an ``.inrv`` file is decoded (original dtype, geometry, units).
     ``series``: which series of a DICOM folder holding several (as ``inrv encode --series``)."""
-    from . import decode, load, read
+    from . import load, restore
     from .formats.container import is_inrv
-    from .formats.io import restore_dtype
 
     try:
         with open(path, "rb") as f:
@@ -40,9 +39,7 @@ def load_any(path: str | os.PathLike, *, device: str | None = None, series: str 
     except FileNotFoundError:
         raise InputError(f"{path}: no such file or directory") from None
     if head and is_inrv(head):
-        f = read(path)
-        data = restore_dtype(decode(f.encoded, device=device), f.intensity)
-        return Volume(data=data, geometry=f.geometry, intensity=f.intensity, source=dict(f.source))
+        return restore(path, device=device)
     return load(path, series=series)
 
 

@@ -144,11 +144,9 @@ class Inrv(Codec):
 
     def decode(self, buf: Any, out: Any = None) -> np.ndarray:
         """The bytes of an ``.inrv`` file -> the array, in its original shape and dtype."""
-        from . import decode, read
-        from .formats.io import restore_dtype
+        from . import restore
 
-        f = read(ensure_bytes(buf))
-        arr = restore_dtype(decode(f.encoded, device=self.device), f.intensity).reshape(f.shape)
+        arr = restore(ensure_bytes(buf), device=self.device).data
         return ndarray_copy(arr, out) if out is not None else arr
 
     def __repr__(self) -> str:
