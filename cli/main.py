@@ -26,6 +26,7 @@ from ..errors import InputError, UsageError
 from ..formats.discovery import strip_volume_suffix
 from .batch import batch
 from .compare import check_preview, compare, preview_option, write_preview
+from .tree import decode_tree
 from .options import (InrvGroup, ProgressBar, build_config, device_option, encoding_options, force_option,
                       json_option, log, progress_enabled, progress_option, report_error, verbosity,
                       verbosity_options)
@@ -221,7 +222,8 @@ class ShapeType(click.ParamType):
 @click.argument("src", metavar="IN.inrv", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Output volume: .nii.gz, .nii, .nrrd, .mha, or a folder (no suffix) for a DICOM series "
-                   "(default: IN with .inrv replaced by the original format's suffix).")
+                   "(default: IN with .inrv replaced by the original format's suffix). IN a folder written "
+                   "by inrv batch: the output folder, the tree decoded and its other files copied.")
 @click.option("--shape", type=ShapeType(), default=None,
               help="Render on another grid of X,Y,Z voxels over the same field of view (default: the original).")
 @device_option
@@ -236,10 +238,14 @@ def decode(src: Path, output: Path | None, shape: tuple[int, int, int] | None, d
       inrv decode scan.inrv -o scan.nii.gz
       inrv decode scan.inrv -o series_dir --device cpu     (a DICOM series)
       inrv decode scan.inrv -o big.nii.gz --shape 256,256,256
+      inrv decode compressed/ -o restored/                 (a tree from inrv batch, e.g. a BIDS dataset)
     """
     import inrv
 
     _require_input(src)
+    if src.is_dir():                    # a tree written by inrv batch (cli/tree.py)
+        _check_device(device)
+        return decode_tree(src, output, shape=shape, device=device, force=force, as_json=as_json)
     if output is None:
         output = default_decode_output(src, _source_kind(inrv.info(src).details))
     if _same_path(src, output):
