@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             secs.append(s)
         rows.append((edge, count, nbytes, 8.0 * nbytes / vol.size, psnr(vol, rec), ssim3d(vol, rec),
                      max_abs_error(vol, rec), statistics.median(secs)))
+        print(f"# done: chunk edge {edge}: {nbytes} bytes, PSNR {rows[-1][4]:.2f} dB", file=sys.stderr, flush=True)
     base = next((r for r in rows if r[1] == 1), rows[0])
 
     print(f"# chunking cost: {label} {vol.shape} {vol.dtype}, codec {codec!r}")
