@@ -32,6 +32,8 @@ from .options import (InrvGroup, ProgressBar, build_config, device_option, encod
                       verbosity_options)
 from .output import decode_summary_line, dumps, encode_summary_line, info_text
 
+_T_IMPORT = time.perf_counter()
+
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 # source kind recorded in an .inrv file -> suffix of the default decode output (None: a DICOM folder)
@@ -182,6 +184,7 @@ def encode(src: Path, output: Path | None, device: str | None, force: bool, as_j
         raise UsageError(f"the output {dst} is the input; choose another -o")
     _check_device(device)
     check_preview(preview, force)
+    config = _budget_from_start(config)
     log(f"inrv: {src} -> {dst}: model {config.model}, {config.steps} steps, device {device or 'auto'}", 1)
     log(f"inrv: config {config}", 2)
     with ProgressBar(desc=src.name, enabled=progress_enabled(progress)) as bar:
@@ -194,6 +197,27 @@ def encode(src: Path, output: Path | None, device: str | None, force: bool, as_j
         click.echo(dumps({**summary.to_dict(), "input": str(src), "output": str(dst), **extra}))
     else:
         log(encode_summary_line(src, dst, summary))
+
+
+def _budget_from_start(config):
+    """``--time-budget`` counts the whole command: what the process has spent before the fit starts
+    (interpreter, the codec's imports, done here first) and, for reading the volume, the quality check
+    and writing the file, a second plus 8 % of the budget come off the fit's share."""
+    budget = getattr(config, "time_budget", None)
+    if not budget:
+        return config
+    import dataclasses
+
+    import inrv.codec.latent  # noqa: F401  (torch: imported now so that its cost is counted)
+    import inrv.codec.metrics  # noqa: F401
+
+    try:
+        import psutil
+
+        spent = time.time() - psutil.Process().create_time()
+    except Exception:   # psutil missing or no process table: count from this module's import
+        spent = time.perf_counter() - _T_IMPORT
+    return dataclasses.replace(config, time_budget=max(0.25 * budget, 0.92 * budget - spent - 1.0))
 
 
 # --------------------------------------------------------------------------- decode

@@ -43,9 +43,36 @@ FAMILY_DEFAULT_PRESET = {"paper": "paper", "latent": "balanced"}
 
 # CLI option name -> config field name (the options of encoding_options that go into a config)
 OPTION_FIELDS = {"ds": "ds", "nc": "nc", "sn": "sn", "epochs": "steps", "seed": "seed",
-                 "bpv": "target_bpv", "psnr": "target_psnr"}
+                 "bpv": "target_bpv", "psnr": "target_psnr", "lmbda": "lmbda", "time_budget": "time_budget"}
 _FLAG = {"ds": "--ds", "nc": "--nc", "sn": "--sn", "epochs": "--epochs", "seed": "--seed",
-         "bpv": "--bpv", "psnr": "--psnr"}
+         "bpv": "--bpv", "psnr": "--psnr", "lmbda": "--lambda", "time_budget": "--time-budget"}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``2m``, ``1m30s``, ``1.5h`` (a positive duration), else ValueError."""
+    import re
+
+    t = str(text).strip().lower()
+    parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", t)
+    if not t or parts is None or not any(parts.groups()):
+        raise ValueError(f"{text!r} is not a duration like 90s, 2m or 1h")
+    h, m, s_ = (float(g) if g else 0.0 for g in parts.groups())
+    sec = 3600 * h + 60 * m + s_
+    if sec <= 0:
+        raise ValueError(f"{text!r}: a time budget must be positive")
+    return sec
+
+
+class DurationType(click.ParamType):
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 _CONFIG_CLASSES = {"paper": PaperConfig, "latent": LatentConfig}
 
 
@@ -135,6 +162,13 @@ def encoding_options(f: Callable) -> Callable:
                      help="latent: search the rate weight for this many bits per voxel."),
         click.option("--psnr", type=click.FloatRange(min=0, min_open=True), default=None, metavar="DB",
                      help="latent: search the rate weight for this PSNR in dB (peak = data range)."),
+        click.option("--lambda", "lmbda", type=click.FloatRange(min=0, min_open=True), default=None,
+                     metavar="L", help="latent: the rate weight itself (loss = MSE + L x bits/voxel; "
+                                       "larger = smaller file)."),
+        click.option("--time-budget", "time_budget", type=DurationType(), default=None,
+                     help="latent: finish the whole encode (search included) in about this time on this "
+                          "machine, e.g. 90s, 2m, 1h; the training steps are planned to fit "
+                          "(--steps is then an upper bound)."),
         click.option("--keep-private", is_flag=True,
                      help="Keep names in the NIfTI descrip/aux_file and DICOM patient tags "
                           "(default: they are blanked in the .inrv file)."),
@@ -156,7 +190,7 @@ def encoding_options(f: Callable) -> Callable:
 
 # options that only one family has: given without --preset/--model, they choose the family
 _PAPER_ONLY = ("ds", "nc", "sn")
-_LATENT_ONLY = ("bpv", "psnr")
+_LATENT_ONLY = ("bpv", "psnr", "lmbda", "time_budget")
 
 
 def _model_of(opts: dict[str, Any]) -> str | None:
@@ -211,7 +245,10 @@ def build_config(**opts: Any):
                              f"not to {base.model!r} (preset {name})")
     if opts.get("bpv") is not None and opts.get("psnr") is not None:
         raise UsageError("give --bpv or --psnr, not both")
-    return make_config(name, **config_overrides(**opts))
+    over = config_overrides(**opts)
+    if opts.get("time_budget") is not None and opts.get("epochs") is None:
+        over["steps"] = 1_000_000       # the budget decides; the step count is only an upper bound
+    return make_config(name, **over)
 
 
 # --------------------------------------------------------------------------- errors

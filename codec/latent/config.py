@@ -50,13 +50,18 @@ class LatentConfig:
     bg_block: int = 4               # > 0: blocks of this edge whose voxels all equal the volume minimum are
                                     # coded as a bit mask and restored exactly, where they cover at least
                                     # 20 % of the volume (0 = never)
+    time_budget: float | None = None        # seconds for the whole encode (search included): training is
+                                            # planned to end on time, ``steps`` is then only an upper bound
     rate_checkpoint: bool | None = None     # recompute the context network in the backward pass (~7x less
                                             # rate activation memory, ~40 % slower rate); None = on CUDA only
 
 
 PRESETS: dict[str, LatentConfig] = {
-    "fast": LatentConfig(steps=600, polish_steps=30),
-    "balanced": LatentConfig(steps=2000),
+    # fast and balanced also stop at a time cap (3 and 10 minutes for the whole encode on the machine
+    # that runs it): a cap that does not bind changes nothing (same steps, same bytes); one that binds
+    # (a whole brain on a CPU) ends the schedule on time instead of running for hours
+    "fast": LatentConfig(steps=600, polish_steps=30, time_budget=180.0),
+    "balanced": LatentConfig(steps=2000, time_budget=600.0),
     "best": LatentConfig(steps=6000, polish_steps=200),
     # a few seconds on a CPU, for tests
     "latent-tiny": LatentConfig(steps=60, levels=4, synth_width=8, synth_layers=1, conv_channels=2, ctx_width=4,

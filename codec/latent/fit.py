@@ -33,12 +33,14 @@ from ..base import Encoded, Progress
 from ..config import config_to_dict
 from ..device import release_cpu_memory, seed_everything
 from .. import netcode
+from ..budget import Budget, Phases, TrainSchedule
+from ..optim import Adam
 from .background import background_blocks, expand_blocks, pack_blocks
 from .coder import code_latents
 from .config import FORMAT_VERSION, LatentConfig
 from .context import ContextModel, _auto_ctx_width, _make_ctx, pass_map
 from .grids import level_shapes, up_cubic_torch, up_torch
-from .nets import _arch_shapes, _choose_weight_steps, _decode_nets, pack_nets
+from .nets import _arch_shapes, _cached_bits, _choose_weight_steps, _decode_nets, _rate_inputs, pack_nets
 from .rate import rate_bits, total_bits
 from .synthesis import Synthesis, _make_synth, _row_windows, _synth_input, synthesise
 
@@ -48,6 +50,12 @@ BG_MIN_FRACTION = 0.2
 # config fields the decoder needs; always written to Encoded.config
 _ARCH_FIELDS = ("model", "levels", "channels", "synth_width", "synth_layers", "conv_channels", "ctx_width",
                 "ctx_passes", "ctx_layers", "upsample")
+
+
+# Under a time budget, coding, the decode check and the quality render are planned to take CODE_COST
+# x a training step's time per voxel of the volume (measured on 64^3, model-latent.md "Encode cost");
+# the weight-step search is planned from measures timed before training.
+CODE_COST = 2.0
 
 
 def soft_round(x: torch.Tensor, t: float) -> torch.Tensor:
@@ -98,6 +106,10 @@ class FitState:
     ckpt: bool
     pmaps: list[torch.Tensor] | None
     stored_like: LatentConfig | None = None
+    plan: Budget | None = None              # a time budget (``cfg.time_budget``): see codec/budget.py
+    phases: Phases | None = None
+    sched: TrainSchedule | None = None
+    search_plan: tuple | None = None        # (eval rows, stride, small, reserve seconds) under a budget
     loss: float = float("nan")
     train_seconds: float = 0.0
 
@@ -142,13 +154,95 @@ class FitState:
 
 
 def fit_once(arr: np.ndarray, cfg: LatentConfig, dev, progress: Progress | None = None,
-             stored_like: LatentConfig | None = None) -> Encoded:
-    """One fit at ``cfg.lmbda`` for ``cfg.steps`` steps. ``stored_like``: see :func:`stored_config`."""
+             stored_like: LatentConfig | None = None, plan: Budget | None = None) -> Encoded:
+    """One fit at ``cfg.lmbda`` for ``cfg.steps`` steps (or until ``plan``'s time is up).
+    ``stored_like``: see :func:`stored_config`."""
+    phases = Phases()
     st = prepare(arr, cfg, dev, stored_like)
+    st.plan, st.phases = plan, phases
+    plan_search(st)
+    phases.mark("setup")
     train(st, progress)
+    phases.mark("train")
     payload, wmeta, deq = quantise_networks(st)
+    phases.mark("weights")
     polish(st)
-    return code(st, arr, payload, wmeta, deq)
+    phases.mark("polish")
+    enc = code(st, arr, payload, wmeta, deq)
+    phases.mark("code+check")
+    enc.stats["phase_seconds"] = phases.seconds
+    return enc
+
+
+def _search_inputs(st: FitState, hard, ev: int):
+    """The weight-step search's two measures on a central slab of ``ev`` rows (the whole volume when
+    it is all of it): the distortion of the synthesis and the latents' bits, for given weights. What
+    does not depend on the weights is computed once (the same numbers as computing it each time)."""
+    cfg, shape = st.cfg, st.shape
+    r0m = (shape[0] - ev) // 2
+    ev_rows = np.arange(r0m, r0m + ev) if ev < shape[0] else None
+    syn_in = _synth_input(hard, shape, r0m, r0m + ev, cfg.upsample, st.syn.halo)
+    lat_in = _rate_inputs(st.ctx, hard, st.shapes, shape, ev_rows, cfg.max_voxels_per_step) \
+        if cfg.ctx_passes == 8 else None
+
+    def dist_of(deq):
+        st.load_nets(deq)
+        return float(st.sqerr(st.syn(syn_in), r0m, r0m + ev))
+
+    def lat_bits_of(deq):
+        st.load_nets(deq)
+        if lat_in is not None:
+            return _cached_bits(st.ctx, lat_in, ev_rows is not None)
+        return float(rate_bits(st, hard, ev_rows)) if ev_rows is not None else total_bits(st, hard)
+    return dist_of, lat_bits_of
+
+
+def plan_search(st: FitState) -> None:
+    """The weight-step search's slab (at most 2^19 voxels) and, under a budget, its planned cost: one
+    measure of each kind is timed now, on the initial state; only a search that would take more than
+    ~8 % of the budget is made cheaper (every third step, then the neighbours of the best; biases at 8x
+    their finest step; at most 2^17 voxels), so a budget that does not bind changes nothing."""
+    plane = max(1, st.shape[1] * st.shape[2])
+    ev = max(1, min(st.slab, (1 << 19) // plane))
+    st.search_plan = (ev, 1, 0, 0.0)
+    if st.plan is None or st.cfg.weight_bits:
+        return
+    arch = _arch_shapes(len(st.shapes), st.cfg)
+    n_syn = sum(1 for n in arch if n.startswith("syn."))
+    n_ctx = len(arch) - n_syn
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        d_of, b_of = _search_inputs(st, [torch.round(p) for p in st.lat], ev)
+        cur = {f"syn.{k}": v.detach().cpu().numpy() for k, v in st.syn.state_dict().items()}
+        cur.update({f"ctx.{k}": v.detach().cpu().numpy() for k, v in st.ctx.state_dict().items()})
+        t1 = time.perf_counter()
+        d_of(cur)
+        t2 = time.perf_counter()
+        b_of(cur)
+        t3 = time.perf_counter()
+    full = (t1 - t0) + 13 * (n_syn * (t2 - t1) + n_ctx * (t3 - t2))
+    if full <= 0.08 * st.plan.seconds:
+        st.search_plan = (ev, 1, 0, full)
+        return
+    small_ev = max(1, min(st.slab, (1 << 17) // plane))
+    f = small_ev / ev
+    n_syn = sum(1 for n, sh in arch.items() if n.startswith("syn.") and math.prod(sh) > 64)
+    n_ctx = sum(1 for n, sh in arch.items() if not n.startswith("syn.") and math.prod(sh) > 64)
+    st.search_plan = (small_ev, 3, 64, (t1 - t0) * f + 9 * f * (n_syn * (t2 - t1) + n_ctx * (t3 - t2)))
+
+
+def _polish_steps(st: FitState, t_step: float) -> int:
+    if st.plan is None:
+        return st.cfg.polish_steps
+    # at most ~5 % of the budget on latent-only polishing
+    return min(st.cfg.polish_steps, max(2, int(0.05 * st.plan.seconds / max(t_step, 1e-6))))
+
+
+def _post_seconds(st: FitState, t_step: float) -> float:
+    """Seconds the phases after training will take: the planned search, the polish, and coding with
+    the decode check (``CODE_COST`` training steps per voxel of the volume)."""
+    step_vox = min(st.shape[0], st.slab) * st.shape[1] * st.shape[2]
+    return st.search_plan[3] + _polish_steps(st, t_step) * t_step + CODE_COST * st.nvox * t_step / step_vox
 
 
 def prepare(arr: np.ndarray, cfg: LatentConfig, dev, stored_like: LatentConfig | None = None) -> FitState:
@@ -265,26 +359,30 @@ def train(st: FitState, progress: Progress | None = None) -> None:
     # three speeds: latents (integer units), entropy model (log-scales, means), synthesis
     # (intensity units: a smaller step), and the linear path (weights ~ delta: smaller still)
     mlp = [p for n, p in syn.named_parameters() if not n.startswith("skip.")]
-    opt = torch.optim.Adam([{"params": lat, "lr": cfg.lr},
+    opt = Adam([{"params": lat, "lr": cfg.lr},
                             {"params": list(ctx.parameters()), "lr": cfg.lr},
                             {"params": mlp, "lr": cfg.net_lr},
                             {"params": list(syn.skip.parameters()), "lr": cfg.net_lr * 0.05}])
     base_lrs = [g["lr"] for g in opt.param_groups]
-    hard_from = int(round(steps * (1.0 - cfg.hard_frac)))
+    sched = st.sched = TrainSchedule(steps, cfg.hard_frac, *(st.plan.training(lambda t: _post_seconds(st, t))
+                                                             if st.plan else (None, None)))
+    hard_from = sched.hard_from
     best: tuple = (math.inf, None, None, None)
     t_train = time.time()
-    for step in range(steps):
-        lr_f = 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
+    step = 0
+    while sched.running(step):
+        pos = sched.pos(step)           # = step, unless a time budget drives the schedule
+        lr_f = 0.5 * (1 + math.cos(math.pi * pos / max(1, steps)))
         for g, b in zip(opt.param_groups, base_lrs):
             g["lr"] = b * max(lr_f, 0.02)
         rows = st.draw_rows()
         # only the rows of every level this step reads are rounded and noised (large volumes)
         src, win = st.windows(rows)
-        qs, noisy = _rounded(st, src, step, hard_from)
+        qs, noisy = _rounded(st, src, pos, hard_from)
         dist, bits = st.step_terms(qs, noisy, rows, win)
         loss = dist + cfg.lmbda * bits / st.nvox
         st.loss = float(loss.detach())
-        if step >= hard_from and st.loss < best[0]:
+        if pos >= hard_from and st.loss < best[0]:
             # hard-rounding loss is the true objective: keep the best state seen (the
             # straight-through phase can drift upwards late in training)
             best = (st.loss, [p.detach().clone() for p in lat],
@@ -293,9 +391,16 @@ def train(st: FitState, progress: Progress | None = None) -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.tick()
         if progress and (step % 10 == 0 or step == steps - 1):
-            progress(step + 1, steps, {"loss": st.loss, "mse": float(dist.detach()),
-                                       "bpv_est": float(bits.detach()) / st.nvox})
+            info = {"loss": st.loss, "mse": float(dist.detach()), "bpv_est": float(bits.detach()) / st.nvox}
+            if st.plan:
+                st.plan.report(progress, info)
+            else:
+                progress(step + 1, steps, info)
+        step += 1
+    if step != steps:       # a time budget ended training early: the file records the steps done
+        st.cfg = dataclasses.replace(st.cfg, steps=step)
     st.train_seconds = time.time() - t_train
     if best[1] is not None:
         with torch.no_grad():
@@ -323,24 +428,16 @@ def quantise_networks(st: FitState) -> tuple[bytes, dict, dict[str, np.ndarray]]
     with torch.no_grad():
         hard = [torch.round(p) for p in st.lat]
         # a central slab of at most 2^19 voxels is enough to compare weight precisions (the
-        # step search measures ~13 steps per tensor; 64^3 is measured whole)
-        ev = max(1, min(st.slab, (1 << 19) // max(1, shape[1] * shape[2])))
-        r0m = (shape[0] - ev) // 2
-        ev_rows = np.arange(r0m, r0m + ev) if ev < shape[0] else None
+        # step search measures ~13 steps per tensor; 64^3 is measured whole): see plan_search
+        ev, stride, small, _ = st.search_plan
         if cfg.weight_bits:
             # fixed-precision affine packing (the format before entropy-coded weights)
             payload, qmeta = pack_nets(state, int(cfg.weight_bits))
             wmeta = {"quant": qmeta}
         else:
-            def dist_of(deq):
-                st.load_nets(deq)
-                return float(st.sqerr(st.forward(hard, ev_rows), r0m, r0m + ev))
-
-            def lat_bits_of(deq):
-                st.load_nets(deq)
-                return float(rate_bits(st, hard, ev_rows)) if ev_rows is not None else total_bits(st, hard)
-
-            exps = _choose_weight_steps(state, names, dist_of, lat_bits_of, cfg.lmbda / st.nvox)
+            dist_of, lat_bits_of = _search_inputs(st, hard, ev)
+            exps = _choose_weight_steps(state, names, dist_of, lat_bits_of, cfg.lmbda / st.nvox,
+                                        stride=stride, small=small)
             payload, wq, wmax = netcode.encode([state[n] for n in names], [exps[n] for n in names])
             wmeta = {"wq": wq, "wmax": wmax}
         # the weights the decoder will use, through the decoder's own path
@@ -351,12 +448,13 @@ def quantise_networks(st: FitState) -> tuple[bytes, dict, dict[str, np.ndarray]]
 
 def polish(st: FitState) -> None:
     """Phase 4: ``polish_steps`` latent-only steps (hard rounding) for the quantised networks."""
-    if st.cfg.polish_steps <= 0:
+    st.polish_steps = _polish_steps(st, st.sched.step_seconds() if st.sched else 0.0)
+    if st.polish_steps <= 0:
         return
     for p in list(st.syn.parameters()) + list(st.ctx.parameters()):
         p.requires_grad_(False)
-    opt = torch.optim.Adam(st.lat, lr=st.cfg.lr * 0.05)
-    for _ in range(st.cfg.polish_steps):
+    opt = Adam(st.lat, lr=st.cfg.lr * 0.05)
+    for _ in range(st.polish_steps):
         rows = st.draw_rows()
         src, win = st.windows(rows)
         qs = [p + (torch.round(p) - p).detach() for p in src]
@@ -384,6 +482,7 @@ def stored_config(st: FitState, wmeta: dict, sym_range: list[int]) -> dict:
     conf["steps"] = int(cfg.steps)
     conf.pop("bg_block", None)
     conf.pop("rate_checkpoint", None)        # how it was trained, not how it decodes
+    conf.pop("time_budget", None)
     if st.bgb is not None:
         conf["bg_block"] = int(cfg.bg_block)
     conf.update({"v": FORMAT_VERSION if st.bgb is not None else 2, "sym_range": sym_range, **wmeta})
@@ -435,5 +534,7 @@ def code(st: FitState, arr: np.ndarray, payload: bytes, wmeta: dict, deq: dict[s
         "bits_estimated": round(est_bits, 1), "bits_actual": 8 * len(lat_bytes),
         "bpv_sections": 8.0 * sec / st.nvox, "bpv_total": 8.0 * (sec + cfg_bytes) / st.nvox,
         "psnr": float(psnr(arr, rec)), "final_loss": st.loss, "levels": len(st.shapes),
+        "polish_steps": int(getattr(st, "polish_steps", cfg.polish_steps)),
+        "step_seconds": round(st.sched.step_seconds(), 4) if st.sched else None,
     })
     return enc

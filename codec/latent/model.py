@@ -10,6 +10,7 @@ import numpy as np
 
 from ...errors import InputError, UnsupportedVersionError
 from ..base import Encoded, Progress
+from ..budget import Budget
 from ..config import config_from_payload
 from ..device import resolve_device, tune_cpu_allocator
 from .background import unpack_blocks
@@ -50,13 +51,16 @@ class LatentModel:
         if cfg.upsample not in ("linear", "cubic"):
             raise InputError(f"unknown upsampling {cfg.upsample!r} (linear or cubic)")
         pass_map((1, 1, 1), cfg.ctx_passes)       # validates ctx_passes
+        if cfg.time_budget is not None and not cfg.time_budget > 0:
+            raise InputError("time_budget must be a positive number of seconds")
+        plan = Budget(cfg.time_budget) if cfg.time_budget else None
         dev = resolve_device(device)
         tune_cpu_allocator(dev)
         t0 = time.time()
         if cfg.target_bpv is None and cfg.target_psnr is None:
-            enc = fit_once(arr, cfg, dev, progress)
+            enc = fit_once(arr, cfg, dev, progress, plan=plan)
         else:
-            enc = search_lambda(arr, cfg, dev, progress)
+            enc = search_lambda(arr, cfg, dev, progress, plan)
         enc.stats["seconds"] = round(time.time() - t0, 2)
         return enc
 

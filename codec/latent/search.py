@@ -12,11 +12,13 @@ from .config import LatentConfig
 from .fit import fit_once
 
 
-def search_lambda(arr, cfg: LatentConfig, dev, progress) -> Encoded:
+def search_lambda(arr, cfg: LatentConfig, dev, progress, plan=None) -> Encoded:
     """Pick lambda for ``target_bpv`` / ``target_psnr``: bracket on log-lambda, then regula falsi.
 
     Each fit gets ``dataclasses.replace(cfg, lmbda=..., steps=...)`` (``search_steps`` per search
-    fit) and stores its config laid out like ``cfg`` (:func:`~inrv.codec.latent.fit.stored_config`)."""
+    fit) and stores its config laid out like ``cfg`` (:func:`~inrv.codec.latent.fit.stored_config`).
+    ``plan`` (a :class:`~inrv.codec.budget.Budget`): each search fit gets a share of the time left
+    (the search as a whole about half of it), the final fit at the chosen lambda what remains."""
     by_rate = cfg.target_bpv is not None
     target = float(cfg.target_bpv if by_rate else cfg.target_psnr)
     if target <= 0:
@@ -31,16 +33,21 @@ def search_lambda(arr, cfg: LatentConfig, dev, progress) -> Encoded:
     goal = math.log(target) if by_rate else target
     x = math.log(cfg.lmbda)
     for it in range(max(1, cfg.search_iters)):
-        e = fit_once(arr, dataclasses.replace(cfg, lmbda=math.exp(x), steps=s_steps), dev, None, stored_like=cfg)
+        sub = plan.part(0.5 / max(1, cfg.search_iters - it)) if plan else None
+        e = fit_once(arr, dataclasses.replace(cfg, lmbda=math.exp(x), steps=s_steps), dev, None, stored_like=cfg,
+                     plan=sub)
         tried.append((x, measure(e), e))
         closest = min(tried, key=lambda t: abs(t[1] - goal))
         for t in tried:   # keep one volume-sized reconstruction, the closest fit's, not one per fit
             if t is not closest:
                 t[2].reconstruction = None
         if progress:
-            progress(it + 1, cfg.search_iters, {"loss": e.stats["final_loss"], "lambda": math.exp(x),
-                                                "bpv": e.stats["bpv_total"],
-                                                "psnr": e.stats["psnr"]})
+            info = {"loss": e.stats["final_loss"], "lambda": math.exp(x), "bpv": e.stats["bpv_total"],
+                    "psnr": e.stats["psnr"]}
+            if plan:
+                plan.report(progress, info)
+            else:
+                progress(it + 1, cfg.search_iters, info)
         m = tried[-1][1]
         if (abs(math.exp(m) - target) / target < 0.03) if by_rate else abs(m - goal) < 0.1:
             break
@@ -59,8 +66,8 @@ def search_lambda(arr, cfg: LatentConfig, dev, progress) -> Encoded:
             x += 1.5 if above else -1.5
     best = min(tried, key=lambda t: abs(t[1] - goal))
     lam = math.exp(best[0])
-    if s_steps != cfg.steps:
-        e = fit_once(arr, dataclasses.replace(cfg, lmbda=lam), dev, progress, stored_like=cfg)
+    if s_steps != cfg.steps or plan:
+        e = fit_once(arr, dataclasses.replace(cfg, lmbda=lam), dev, progress, stored_like=cfg, plan=plan)
     else:
         e = best[2]
     e.stats["search"] = [{"lambda": math.exp(t[0]), "bpv": t[2].stats["bpv_total"], "psnr": t[2].stats["psnr"]}
