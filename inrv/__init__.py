@@ -76,17 +76,20 @@ def save(volume: Volume, path: str | os.PathLike, *, force: bool = False) -> Non
 def read(path: str | os.PathLike):
     """Open an ``.inrv`` file (validated, checksummed): returns an ``InrvFile``
     (``.encoded``, ``.geometry``, ``.intensity``, ``.source``, ``.header``, ``.file_bytes``)."""
+    from .codec.schema import validate_config
     from .formats.inrvfile import read_inrv
 
-    return read_inrv(path)
+    return read_inrv(path, check_config=validate_config)
 
 
 def info(path: str | os.PathLike) -> Summary:
     """What ``inrv info`` shows: header facts, sizes, encode-time metrics, bits per voxel from the real
-    file size (checksums verified, nothing decoded, no torch). ``info(p).to_dict()`` is ``inrv info --json``."""
+    file size (checksums verified, the model configuration validated, nothing decoded, no torch).
+    ``info(p).to_dict()`` is ``inrv info --json``."""
+    from .codec.schema import validate_config
     from .formats.inrvfile import inrv_info
 
-    return Summary.from_info(inrv_info(path))
+    return Summary.from_info(inrv_info(path, check_config=validate_config))
 
 
 def compress(src: str | os.PathLike, dst: str | os.PathLike, config: Any = None, *, device: str | None = None,
