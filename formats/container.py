@@ -357,14 +357,16 @@ def _unpack_msgpack(raw: bytes, max_items: int = DEFAULT_LIMITS.max_header_items
         raise LimitError(f"invalid .inrv header: more than {max_items} values (the limit)") from None
     except _DuplicateKey as e:
         raise FormatError(f"invalid .inrv header: duplicate key {e.args[0]!r}") from None
-    except ValueError as e:
-        if "exceeds max_" in str(e):      # msgpack's own length limits, checked before allocating
-            raise LimitError(f"invalid .inrv header: a map or array longer than the limit of {n}") from None
-        raise FormatError(f"invalid .inrv header: not valid msgpack ({type(e).__name__})") from None
     except msgpack.exceptions.StackError:
         raise FormatError("invalid .inrv header: nesting too deep") from None
     except msgpack.exceptions.ExtraData:
         raise FormatError("invalid .inrv header: extra bytes after the msgpack map") from None
+    except ValueError as e:
+        if "max_ext_len" in str(e):
+            raise FormatError("invalid .inrv header: unsupported msgpack type (ext)") from None
+        if "exceeds max_" in str(e):      # msgpack's own length limits, checked before allocating
+            raise LimitError(f"invalid .inrv header: a map or array longer than the limit of {n}") from None
+        raise FormatError(f"invalid .inrv header: not valid msgpack ({type(e).__name__})") from None
     except Exception as e:  # OutOfData, FormatError, UnicodeDecodeError, ValueError, ...
         raise FormatError(f"invalid .inrv header: not valid msgpack ({type(e).__name__})") from None
 
