@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..errors import InputError, UsageError
+from ..errors import InputError, RunError, UsageError
 from ..formats.discovery import strip_volume_suffix
 from .batch import batch
 from .compare import check_preview, compare, preview_option, write_preview
@@ -258,7 +258,12 @@ def decode(src: Path, output: Path | None, shape: tuple[int, int, int] | None, d
     check_output(output, force=force, folder_ok=True)    # format, -f, folder writable: before decoding
     _check_device(device)
     t0 = time.perf_counter()
-    vol = inrv.decompress(src, output, shape=shape, device=device, force=force)
+    try:
+        vol = inrv.decompress(src, output, shape=shape, device=device, force=force)
+    except MemoryError:   # what the file declares does not fit: not a hint to change devices
+        dims = "x".join(str(v) for v in (shape or facts.details.get("shape") or ()))
+        raise RunError(f"{src}: out of memory decoding its {dims} volume ({facts.details.get("model")} model): "
+                       "a corrupt file, or one too large for this machine") from None
     seconds = time.perf_counter() - t0
     dtype = vol.data.dtype.name
     if as_json:

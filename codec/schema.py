@@ -371,3 +371,31 @@ class payload_guard:
             detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise FormatError(f"cannot decode {self.what}: corrupt file ({detail})") from None
         return False
+
+
+# --------------------------------------------------------------------------- memory a decode needs
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``); None when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_decode_memory(shape: Any, itemsize: int, what: str) -> None:
+    """Refuse (``LimitError``) a decode whose output alone cannot fit: ``voxels * (4 + itemsize)`` bytes
+    (the float32 rendering plus the restored dtype) against the memory available now. A lower bound:
+    a file that declares more voxels than this machine can hold is refused as such, before anything
+    is built, instead of ending in an out-of-memory error."""
+    voxels = math.prod(int(s) for s in shape)
+    need = voxels * (4 + int(itemsize))
+    avail = available_memory()
+    if avail is not None and need > avail:
+        raise LimitError(f"{what} declares a {'x'.join(str(int(s)) for s in shape)} volume: decoding needs at "
+                         f"least {need / 2 ** 30:.1f} GiB, more than the {avail / 2 ** 30:.1f} GiB available "
+                         "(a corrupt file, or decode it on a larger machine)")

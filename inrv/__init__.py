@@ -131,6 +131,9 @@ def restore(src: str | os.PathLike, *, shape: tuple[int, int, int] | None = None
         if len(shape) != 3 or min(shape) < 1 or int(np.prod(shape)) > DEFAULT_LIMITS.max_voxels:
             raise UsageError(f"output shape {shape} must be 3 positive sizes with at most "
                              f"{DEFAULT_LIMITS.max_voxels} voxels")
+    from .codec.schema import check_decode_memory
+
+    check_decode_memory(shape or f.shape, np.dtype(f.intensity.dtype).itemsize, str(src))
     data = restore_dtype(decode(f.encoded, shape=shape, device=device), f.intensity)
     geometry = f.geometry
     if shape is not None and tuple(shape) != tuple(f.encoded.shape):

@@ -155,3 +155,21 @@ def test_every_preset_passes_the_schema():
         else:
             d.update({"lr_shape": [32, 32, 32], "quant": {"scheme": "affine-v1", "tensors": {}}})
         schema.validate_config(cfg.model, d, (64, 64, 64))
+
+
+def test_a_volume_that_cannot_fit_is_refused_before_decoding(golden, tmp_path, monkeypatch):
+    """A file declaring more voxels than the machine can hold: a LimitError naming the file, not a
+    MemoryError after the networks are built."""
+    import inrv
+    from inrv.codec import schema
+    from inrv.errors import LimitError
+
+    h, s = golden["paper-tiny"]
+    path = tmp_path / "big.inrv"
+    path.write_bytes(fuzzlib.apply_ops(h, s, [["set", ["s"], [1024, 1024, 1024]],
+                                               ["set", ["c", "lr_shape"], [512, 512, 512]]]))
+    assert inrv.info(path)["voxels"] == 1 << 30          # a valid declaration ...
+    monkeypatch.setattr(schema, "available_memory", lambda: 1 << 30)
+    with pytest.raises(LimitError, match="big.inrv declares a 1024x1024x1024 volume"):
+        inrv.decompress(path, tmp_path / "out.nii.gz")   # ... that this machine cannot decode
+    assert not (tmp_path / "out.nii.gz").exists()
