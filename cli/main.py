@@ -262,7 +262,7 @@ def decode(src: Path, output: Path | None, shape: tuple[int, int, int] | None, d
         vol = inrv.decompress(src, output, shape=shape, device=device, force=force)
     except MemoryError:   # what the file declares does not fit: not a hint to change devices
         dims = "x".join(str(v) for v in (shape or facts.details.get("shape") or ()))
-        raise RunError(f"{src}: out of memory decoding its {dims} volume ({facts.details.get("model")} model): "
+        raise RunError(f"{src}: out of memory decoding its {dims} volume ({facts.details.get('model')} model): "
                        "a corrupt file, or one too large for this machine") from None
     seconds = time.perf_counter() - t0
     dtype = vol.data.dtype.name

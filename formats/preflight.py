@@ -17,7 +17,8 @@ from typing import Iterable
 
 from ..errors import InputError, UsageError
 from .atomic import probe_folder
-from .io import _SUFFIXES, _WRITE_ONLY_SINGLE, _sniff, _suffix
+from .discovery import VOLUME_SUFFIXES as _SUFFIXES
+from .io import _WRITE_ONLY_SINGLE, _sniff, _suffix
 
 #: what an encode writes
 INRV_SUFFIX = ".inrv"

@@ -168,7 +168,7 @@ def test_a_volume_that_cannot_fit_is_refused_before_decoding(golden, tmp_path, m
     path = tmp_path / "big.inrv"
     path.write_bytes(fuzzlib.apply_ops(h, s, [["set", ["s"], [1024, 1024, 1024]],
                                                ["set", ["c", "lr_shape"], [512, 512, 512]]]))
-    assert inrv.info(path)["voxels"] == 1 << 30          # a valid declaration ...
+    assert inrv.info(path).details["voxels"] == 1 << 30          # a valid declaration ...
     monkeypatch.setattr(schema, "available_memory", lambda: 1 << 30)
     with pytest.raises(LimitError, match="big.inrv declares a 1024x1024x1024 volume"):
         inrv.decompress(path, tmp_path / "out.nii.gz")   # ... that this machine cannot decode
