@@ -137,6 +137,11 @@ def test_schema_matches_the_decoders():
         n = len(latent.level_shapes((20, 30, 40), cfg.levels))
         mine = schema.latent_tensor_shapes(schema.latent_defaults(config_to_dict(cfg)), n)
         assert [(k, tuple(v)) for k, v in mine] == list(latent._arch_shapes(n, cfg).items())
+    from inrv.codec.paper.partition import block_lr_size
+
+    for lr, ds, block in [((8, 8, 8), (2, 2, 2), 8), ((99, 117, 95), (2, 2, 1), 64), ((5, 7, 3), (4, 4, 8), 0),
+                          ((256, 256, 128), (2, 2, 2), 16)]:
+        assert schema.paper_block_lr_size(lr, ds, block) == tuple(block_lr_size(lr, ds, block))
 
 
 def test_every_preset_passes_the_schema():
