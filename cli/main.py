@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..errors import InputError, UsageError
+from ..errors import InputError, RunError, UsageError
 from ..formats.discovery import strip_volume_suffix
 from .batch import batch
 from .compare import check_preview, compare, preview_option, write_preview
@@ -30,7 +30,7 @@ from .tree import decode_tree
 from .options import (InrvGroup, ProgressBar, build_config, device_option, encoding_options, force_option,
                       json_option, log, progress_enabled, progress_option, report_error, verbosity,
                       verbosity_options)
-from .output import decode_summary_line, dumps, encode_summary_line, info_text
+from .output import decode_summary_line, dumps, encode_summary_line, info_text, make_progress
 
 _T_IMPORT = time.perf_counter()
 
@@ -176,18 +176,20 @@ def encode(src: Path, output: Path | None, device: str | None, force: bool, as_j
     """
     import inrv
 
+    from ..formats.preflight import INRV_SUFFIX, check_output, check_volume_input
+
     config = build_config(**opts)                 # usage errors first (exit 2), before any work
-    _require_input(src)
-    _refuse_inrv_input(src)
+    check_volume_input(src)                       # readable, a format we read (no torch yet)
     dst = output if output is not None else default_encode_output(src)
     if _same_path(src, dst):
         raise UsageError(f"the output {dst} is the input; choose another -o")
+    check_output(dst, force=force, suffixes=(INRV_SUFFIX,))     # suffix, -f, folder writable: before training
     _check_device(device)
     check_preview(preview, force)
     config = _budget_from_start(config)
     log(f"inrv: {src} -> {dst}: model {config.model}, {config.steps} steps, device {device or 'auto'}", 1)
     log(f"inrv: config {config}", 2)
-    with ProgressBar(desc=src.name, enabled=progress_enabled(progress)) as bar:
+    with make_progress(src.name, progress_enabled(progress)) as bar:
         summary = inrv.compress(src, dst, config, device=device, progress=bar, force=force,
                                 keep_private=keep_private, series=series)
     if preview is not None:
@@ -266,17 +268,26 @@ def decode(src: Path, output: Path | None, shape: tuple[int, int, int] | None, d
     """
     import inrv
 
+    from ..formats.preflight import check_output
+
     _require_input(src)
     if src.is_dir():                    # a tree written by inrv batch (cli/tree.py)
         _check_device(device)
         return decode_tree(src, output, shape=shape, device=device, force=force, as_json=as_json)
+    facts = inrv.info(src)           # a truncated, corrupt or hostile file is refused here, torch-free
     if output is None:
-        output = default_decode_output(src, _source_kind(inrv.info(src).details))
+        output = default_decode_output(src, _source_kind(facts.details))
     if _same_path(src, output):
         raise UsageError(f"the output {output} is the input; choose another -o")
+    check_output(output, force=force, folder_ok=True)    # format, -f, folder writable: before decoding
     _check_device(device)
     t0 = time.perf_counter()
-    vol = inrv.decompress(src, output, shape=shape, device=device, force=force)
+    try:
+        vol = inrv.decompress(src, output, shape=shape, device=device, force=force)
+    except MemoryError:   # what the file declares does not fit: not a hint to change devices
+        dims = "x".join(str(v) for v in (shape or facts.details.get("shape") or ()))
+        raise RunError(f"{src}: out of memory decoding its {dims} volume ({facts.details.get('model')} model): "
+                       "a corrupt file, or one too large for this machine") from None
     seconds = time.perf_counter() - t0
     dtype = vol.data.dtype.name
     if as_json:

@@ -65,3 +65,130 @@ def info_text(d: dict[str, Any]) -> str:
     for k, v in d.items():
         lines.append(f"{k:<12} {dumps(v) if isinstance(v, (dict, list)) else v}")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- progress without a terminal
+
+def _stderr_is_tty() -> bool:
+    import sys
+
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``2 h 07 min``."""
+    s = int(round(max(0.0, seconds)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
+
+class LineProgress:
+    """A ``progress(step, total, info)`` callback for logs: one plain line on stderr every ``interval``
+    seconds (30 by default, ``INRV_PROGRESS_SECONDS``) or each 10 % of the steps, whichever comes
+    first, with the elapsed time and the ETA. For stderr that is not a terminal (a log file, a
+    scheduler, ``scripts/demo.sh`` piped): a tqdm bar there would print nothing useful or a mess.
+    A fit that restarts its count (the latent model's rate search, then its final fit) starts a new phase.
+    """
+
+    def __init__(self, desc: str = "", interval: float | None = None, stream: Any = None) -> None:
+        import os
+        import time
+
+        self.desc = desc
+        env = os.environ.get("INRV_PROGRESS_SECONDS")
+        self.interval = float(interval if interval is not None else (env or 30.0))
+        self.stream = stream
+        self._clock = time.monotonic
+        self._t0 = self._phase_t0 = self._last = self._clock()
+        self._total = None
+        self._step = 0
+        self._tenth = 0
+        self._phase = 0
+
+    def _emit(self, text: str) -> None:
+        import sys
+
+        stream = self.stream if self.stream is not None else sys.stderr
+        try:
+            print(text, file=stream, flush=True)
+        except (OSError, ValueError):  # stderr gone: progress is not worth a failure
+            pass
+
+    def __call__(self, step: int, total: int, info: dict | None = None) -> None:
+        now = self._clock()
+        if total != self._total or step < self._step:
+            self._total, self._phase_t0, self._tenth = total, now, 0
+            self._phase += 1
+        self._step = step
+        tenth = int(10 * step / total) if total else 0
+        if tenth <= self._tenth and now - self._last < self.interval:
+            return
+        self._tenth = max(self._tenth, tenth)
+        self._last = now
+        el = now - self._phase_t0
+        eta = el / step * (total - step) if step > 0 and total else None
+        extra = ""
+        if info:
+            extra = ", " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items())
+        phase = f" (phase {self._phase})" if self._phase > 1 else ""
+        pct = f" ({100 * step / total:.0f} %)" if total else ""
+        self._emit(f"inrv: {self.desc}{phase}: step {step}/{total}{pct}, {duration(now - self._t0)} elapsed"
+                   f"{', ETA ' + duration(eta) if eta is not None else ''}{extra}")
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "LineProgress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def make_progress(desc: str, enabled: bool | None):
+    """The progress callback of one encode: a tqdm bar on a terminal (or with ``--progress``), plain
+    lines (:class:`LineProgress`) when stderr is not a terminal, nothing with ``-q``/``--no-progress``."""
+    from .options import ProgressBar
+
+    if enabled is None and not _stderr_is_tty():
+        return LineProgress(desc)
+    return ProgressBar(desc=desc, enabled=enabled)
+
+
+class BatchLines:
+    """``on_row`` callback of ``inrv batch`` without a terminal: one line per finished input
+    (``inrv batch: 3/10 ok scans/a.nii.gz -> out/a.inrv, 12.3 s; ETA 1 min 30 s``)."""
+
+    def __init__(self, total: int, stream: Any = None) -> None:
+        import time
+
+        self.total = total
+        self.done = 0
+        self.stream = stream
+        self._clock = time.monotonic
+        self._t0 = self._clock()
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        import sys
+
+        self.done += 1
+        el = self._clock() - self._t0
+        eta = el / self.done * (self.total - self.done) if self.total > self.done else 0.0
+        status = row.get("status", "?")
+        what = row.get("input") or row.get("key") or "?"
+        out = f" -> {row['output']}" if row.get("output") and status == "ok" else ""
+        err = f": {row['error']}" if row.get("error") and status != "ok" else ""
+        secs = row.get("seconds")
+        took = f", {secs:.1f} s" if isinstance(secs, (int, float)) else ""
+        text = (f"inrv batch: {self.done}/{self.total} {status} {what}{out}{err}{took}; "
+                f"{duration(el)} elapsed, ETA {duration(eta)}")
+        try:
+            print(text, file=self.stream if self.stream is not None else sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass

@@ -10,6 +10,7 @@ Works for files and for folders (a DICOM series): a folder target is replaced wh
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -20,14 +21,30 @@ from ..errors import RunError, UsageError
 
 
 def check_writable(target: str | os.PathLike, force: bool) -> Path:
-    """Fail early (before any work) when the target exists and ``force`` is not set."""
+    """Fail early (before any work) when the target exists and ``force`` is not set, or when its folder
+    does not exist or cannot be written (a probe file is created and removed there)."""
     target = Path(target)
     if target.exists() and not force:
         raise UsageError(f"{target} exists; use -f/--force to overwrite")
     parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"output folder {parent} does not exist")
+    probe_folder(parent, target)
     return target
+
+
+def probe_folder(folder: Path, target: Path) -> None:
+    """Create and remove a probe file in ``folder`` (permission bits alone do not tell: read-only
+    mounts, ACLs, /proc, quotas); a failure names ``target``, the user's path, not the probe's."""
+    if not folder.exists():
+        raise UsageError(f"cannot write {target}: the folder {folder} does not exist")
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {target}: {folder} is not a folder")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".inrv-probe-", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise UsageError(f"cannot write {target}: {e.strerror or e} (in {folder})") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(name)
 
 
 @contextlib.contextmanager
@@ -36,12 +53,15 @@ def atomic_output(target: str | os.PathLike, *, force: bool = False, folder: boo
     parent = target.parent if str(target.parent) else Path(".")
     # keep the target's suffixes (.nii.gz ...) on the temporary name: writers choose format by suffix
     suffix = "".join(target.suffixes) if not folder else ""
-    if folder:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + suffix, dir=parent)
-        os.close(fd)
-        tmp = Path(name)
+    try:
+        if folder:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+        else:
+            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + suffix, dir=parent)
+            os.close(fd)
+            tmp = Path(name)
+    except OSError as e:    # name the user's path, not the hidden temporary one
+        raise RunError(f"cannot write {target}: {e.strerror or e}") from None
     try:
         yield tmp
         _set_default_mode(tmp, folder)  # mkstemp/mkdtemp make 0600/0700; give the umask's usual mode
@@ -58,7 +78,9 @@ def atomic_output(target: str | os.PathLike, *, force: bool = False, folder: boo
             os.replace(tmp, target)
     except OSError as e:
         _remove(tmp)
-        raise RunError(f"cannot write {target}: {e.strerror or e}") from e
+        if e.errno == errno.ENOSPC:
+            raise RunError(f"disk full writing {target}: free some space and run again") from None
+        raise RunError(f"cannot write {target}: {e.strerror or e}") from None   # never the temporary name
     except BaseException:
         _remove(tmp)
         raise

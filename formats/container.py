@@ -75,6 +75,8 @@ class Limits:
         max_zstd_window: window a zstd frame may ask for beyond its own content size.
         max_depth: nesting of maps/arrays in the header.
         max_voxels: product of the volume shape (checked by ``inrvfile``; decode allocates it).
+        max_header_items: values in all the header's maps and arrays together (a small header can
+            otherwise unpack into millions of objects).
     """
 
     max_file_bytes: int = 1 << 30
@@ -85,6 +87,7 @@ class Limits:
     max_zstd_window: int = 1 << 27
     max_depth: int = 32
     max_voxels: int = 1 << 31
+    max_header_items: int = 1 << 20
 
 
 DEFAULT_LIMITS = Limits()
@@ -172,7 +175,7 @@ def pack(header: Mapping[str, Any], sections: Mapping[str, bytes], *, limits: Li
     except (TypeError, ValueError, OverflowError) as e:
         raise InputError(f"container header is not storable as msgpack: {e}") from None
     try:
-        _check_tree(_unpack_msgpack(raw_header), limits.max_depth)  # what the reader will check
+        _check_tree(_unpack_msgpack(raw_header, limits.max_header_items), limits.max_depth)  # what the reader will check
     except LimitError:
         raise
     except FormatError as e:  # e.g. a nested map with a non-str key
@@ -275,7 +278,7 @@ def read_header(buf: bytes, limits: Limits = DEFAULT_LIMITS, *, verify: bool = T
                                       _header_dict() if flags & FLAG_HEADER_DICT else None)
     else:
         raw_header = stored_header
-    full = _unpack_msgpack(raw_header)
+    full = _unpack_msgpack(raw_header, limits.max_header_items)
     if not isinstance(full, dict):
         raise FormatError("invalid .inrv header: not a map")
     _check_tree(full, limits.max_depth)
@@ -326,21 +329,53 @@ def _as_bytes_view(buf: Any) -> memoryview:
     return mv if (mv.format == "B" and mv.ndim == 1) else mv.cast("B")
 
 
-def _unpack_msgpack(raw: bytes) -> Any:
+def _unpack_msgpack(raw: bytes, max_items: int = DEFAULT_LIMITS.max_header_items) -> Any:
+    """One msgpack object, with bounded work and memory: no container holds more than ``max_items``
+    entries (msgpack's own ``max_*_len``, checked before it allocates one) and all containers together
+    hold at most ``max_items`` (counted as each one closes, so a header of millions of empty maps stops
+    at the limit instead of costing a gigabyte). Ext types are refused (``max_ext_len=0``)."""
+    count = [0]
+
+    def pairs(p: list[tuple[Any, Any]]) -> dict[str, Any]:
+        count[0] += len(p) + 1
+        if count[0] > max_items:
+            raise _TooMany()
+        return _pairs_to_dict(p)
+
+    def items(v: list[Any]) -> list[Any]:
+        count[0] += len(v) + 1
+        if count[0] > max_items:
+            raise _TooMany()
+        return v
+
+    n = min(len(raw), max_items)
     try:
-        return msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True,
-                               object_pairs_hook=_pairs_to_dict)
+        return msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True, object_pairs_hook=pairs,
+                               list_hook=items, max_str_len=len(raw), max_bin_len=len(raw), max_array_len=n,
+                               max_map_len=n, max_ext_len=0)
+    except _TooMany:
+        raise LimitError(f"invalid .inrv header: more than {max_items} values (the limit)") from None
     except _DuplicateKey as e:
         raise FormatError(f"invalid .inrv header: duplicate key {e.args[0]!r}") from None
     except msgpack.exceptions.StackError:
         raise FormatError("invalid .inrv header: nesting too deep") from None
     except msgpack.exceptions.ExtraData:
         raise FormatError("invalid .inrv header: extra bytes after the msgpack map") from None
+    except ValueError as e:
+        if "max_ext_len" in str(e):
+            raise FormatError("invalid .inrv header: unsupported msgpack type (ext)") from None
+        if "exceeds max_" in str(e):      # msgpack's own length limits, checked before allocating
+            raise LimitError(f"invalid .inrv header: a map or array longer than the limit of {n}") from None
+        raise FormatError(f"invalid .inrv header: not valid msgpack ({type(e).__name__})") from None
     except Exception as e:  # OutOfData, FormatError, UnicodeDecodeError, ValueError, ...
         raise FormatError(f"invalid .inrv header: not valid msgpack ({type(e).__name__})") from None
 
 
 class _DuplicateKey(Exception):
+    pass
+
+
+class _TooMany(Exception):
     pass
 
 

@@ -17,7 +17,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..encoded import Encoded, list_models
 from ..errors import FormatError, InputError, LimitError, UnsupportedVersionError
@@ -164,12 +164,20 @@ def _read_file(path: str | os.PathLike | bytes | bytearray | memoryview, limits:
         raise InputError(f"{p}: cannot read ({e.strerror or e})") from None
 
 
-def _open(path: Any, limits: Limits | None) -> tuple[bytes, Layout, dict[str, Any], str | None]:
+#: ``check_config(model, config, fitted_shape)``: a model family's own validation of ``c`` (the codec's
+#: ``validate_config``, passed in by the caller: formats does not import the codec). Raises FormatError.
+ConfigCheck = Callable[[str, dict, tuple], None]
+
+
+def _open(path: Any, limits: Limits | None,
+          check_config: ConfigCheck | None = None) -> tuple[bytes, Layout, dict[str, Any], str | None]:
     limits = DEFAULT_LIMITS if limits is None else limits
     buf, name = _read_file(path, limits)
     try:
         layout = read_header(buf, limits)
         parsed = _parse(layout.header, limits)
+        if check_config is not None:
+            check_config(parsed["model"], parsed["config"], parsed["fitted_shape"])
     except FormatError as e:
         if name is not None and not str(e).startswith(name):
             raise type(e)(f"{name}: {e}") from None
@@ -177,9 +185,11 @@ def _open(path: Any, limits: Limits | None) -> tuple[bytes, Layout, dict[str, An
     return buf, layout, parsed, name
 
 
-def read_inrv(path: str | os.PathLike | bytes, *, limits: Limits | None = None) -> InrvFile:
-    """Open and fully verify an ``.inrv`` file (a path, or the file's bytes)."""
-    buf, layout, p, name = _open(path, limits)
+def read_inrv(path: str | os.PathLike | bytes, *, limits: Limits | None = None,
+              check_config: ConfigCheck | None = None) -> InrvFile:
+    """Open and fully verify an ``.inrv`` file (a path, or the file's bytes); ``check_config`` also
+    validates the model configuration (``inrv.read`` passes the codec's)."""
+    buf, layout, p, name = _open(path, limits, check_config)
     try:
         sections = decode_sections(buf, layout, DEFAULT_LIMITS if limits is None else limits)
     except FormatError as e:
@@ -295,12 +305,14 @@ def _parse(h: dict[str, Any], limits: Limits) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- info
 
-def inrv_info(path: str | os.PathLike | bytes, *, limits: Limits | None = None) -> dict[str, Any]:
-    """JSON-able facts about an ``.inrv`` file, checksums verified, no section decompressed.
+def inrv_info(path: str | os.PathLike | bytes, *, limits: Limits | None = None,
+              check_config: ConfigCheck | None = None) -> dict[str, Any]:
+    """JSON-able facts about an ``.inrv`` file, checksums verified, no section decompressed;
+    ``check_config`` also validates the model configuration (``inrv.info`` passes the codec's).
 
     ``bpv`` = 8 * file_bytes / voxels, from the real file size.
     """
-    buf, layout, p, name = _open(path, limits)
+    buf, layout, p, name = _open(path, limits, check_config)
     shape = p["shape"]
     voxels = shape[0] * shape[1] * shape[2]
     it: Intensity = p["intensity"]

@@ -76,17 +76,20 @@ def save(volume: Volume, path: str | os.PathLike, *, force: bool = False) -> Non
 def read(path: str | os.PathLike):
     """Open an ``.inrv`` file (validated, checksummed): returns an ``InrvFile``
     (``.encoded``, ``.geometry``, ``.intensity``, ``.source``, ``.header``, ``.file_bytes``)."""
+    from .codec.schema import validate_config
     from .formats.inrvfile import read_inrv
 
-    return read_inrv(path)
+    return read_inrv(path, check_config=validate_config)
 
 
 def info(path: str | os.PathLike) -> Summary:
     """What ``inrv info`` shows: header facts, sizes, encode-time metrics, bits per voxel from the real
-    file size (checksums verified, nothing decoded, no torch). ``info(p).to_dict()`` is ``inrv info --json``."""
+    file size (checksums verified, the model configuration validated, nothing decoded, no torch).
+    ``info(p).to_dict()`` is ``inrv info --json``."""
+    from .codec.schema import validate_config
     from .formats.inrvfile import inrv_info
 
-    return Summary.from_info(inrv_info(path))
+    return Summary.from_info(inrv_info(path, check_config=validate_config))
 
 
 def compress(src: str | os.PathLike, dst: str | os.PathLike, config: Any = None, *, device: str | None = None,
@@ -128,6 +131,9 @@ def restore(src: str | os.PathLike, *, shape: tuple[int, int, int] | None = None
         if len(shape) != 3 or min(shape) < 1 or int(np.prod(shape)) > DEFAULT_LIMITS.max_voxels:
             raise UsageError(f"output shape {shape} must be 3 positive sizes with at most "
                              f"{DEFAULT_LIMITS.max_voxels} voxels")
+    from .codec.schema import check_decode_memory
+
+    check_decode_memory(shape or f.shape, np.dtype(f.intensity.dtype).itemsize, str(src))
     data = restore_dtype(decode(f.encoded, shape=shape, device=device), f.intensity)
     geometry = f.geometry
     if shape is not None and tuple(shape) != tuple(f.encoded.shape):

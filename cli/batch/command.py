@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from ...errors import InrvError, UsageError
+from ..output import BatchLines, _stderr_is_tty
 from ..options import (EXIT_OK, build_config, config_overrides, encoding_options, progress_enabled,
                        progress_option, report_error, resolve_preset, verbosity, verbosity_options)
 from .discovery import discover, parse_shard, shard
@@ -119,12 +120,15 @@ def _run(ctx, src: Path, dst: Path, include, exclude, dry_run, retry_failed, for
 
     if not plan:
         click.echo(f"inrv batch: no inputs found under {src}", err=True)
+    # no terminal (a log, a scheduler): one line per finished input instead of a bar
+    lines = (BatchLines(sum(p.action == "encode" for p in plan))
+             if progress_enabled(progress, ctx) is None and not _stderr_is_tty() else None)
     stats = run_batch(plan, src_root=str(src_abs), dst=str(dst_abs), manifest=manifest_name(shard_spec),
                              config=config_dict, config_hash=config_hash, preset=preset,
                              options=config_overrides(**enc), keep_private=keep_private, device=device,
                              verify=verify, workers=workers, threads=threads, scheduler=scheduler,
                              progress=progress_enabled(progress, ctx), stale_lock_seconds=lock_timeout,
-                             started=started, planned_at=planned_at)
+                             started=started, planned_at=planned_at, on_row=lines)
     if verbosity(ctx) >= 0 or stats.exit_code:
         click.echo(summary_table(stats), err=True)
     return stats.exit_code

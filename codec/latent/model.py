@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from ...errors import InputError, UnsupportedVersionError
+from ...errors import FormatError, InputError
 from ..base import Encoded, Progress
 from ..budget import Budget
 from ..config import config_from_payload
@@ -20,6 +20,7 @@ from .context import pass_map
 from .fit import fit_once
 from .grids import level_shapes
 from .nets import _decode_nets
+from ..schema import payload_guard, validate_config
 from .search import search_lambda
 from .synthesis import synthesise
 
@@ -70,18 +71,18 @@ class LatentModel:
         if encoded.model != "latent":
             raise InputError(f"not a latent-model encoding (model {encoded.model!r})")
         conf = encoded.config
+        validate_config("latent", conf, encoded.shape)   # the whole config, before anything is built
         orig = tuple(int(s) for s in encoded.shape)
         if shape is not None and tuple(int(s) for s in shape) != orig:
             raise InputError(f"the latent model renders only its fitted shape {orig}, not {tuple(shape)}")
-        v = conf.get("v", 1)
-        if not isinstance(v, int) or v > FORMAT_VERSION:
-            raise UnsupportedVersionError(f"latent-model payload version {v!r} is newer than this reader "
-                                          f"({FORMAT_VERSION}): upgrade inrv")
-        try:
+        with payload_guard("latent-model payload"):
             cfg = config_from_payload(conf)     # older files: the defaults of their time (config.upgrade)
             vshape = orig + (1,) * (3 - len(orig))
             shapes = level_shapes(vshape, cfg.levels)
             lo_s, hi_s = (int(v) for v in conf["sym_range"])
+            for name in ("synthesis", "latents"):
+                if name not in encoded.sections:
+                    raise FormatError(f"latent-model payload has no {name!r} section")
             deq = _decode_nets(encoded.sections["synthesis"], conf, cfg, len(shapes))
             ints = code_latents(None, deq, shapes, cfg.channels, data=encoded.sections["latents"],
                                 lo=lo_s, hi=hi_s, passes=cfg.ctx_passes)
@@ -91,10 +92,6 @@ class LatentModel:
                 if not 1 <= bb <= max(vshape) or "background" not in encoded.sections:
                     raise InputError("background mask declared but missing or invalid")
                 bgb = unpack_blocks(encoded.sections["background"], [-(-n // bb) for n in vshape])
-        except InputError:
-            raise
-        except Exception as exc:  # corrupt/hostile payloads: one clear line
-            raise InputError(f"cannot decode latent-model payload: {exc}") from None
         dev = resolve_device(device)
         tune_cpu_allocator(dev)
         return synthesise(ints, deq, cfg, orig, bgb, int(conf.get("bg_block") or 0), encoded.value_range, dev)

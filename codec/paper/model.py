@@ -12,6 +12,7 @@ from ...errors import FormatError, InputError
 from ..base import Encoded, Progress
 from ..config import config_from_payload
 from .config import PaperConfig
+from ..schema import payload_guard, validate_config
 from .downsample import lowres_shape
 from .partition import _read_partition
 from .slabs import _predict
@@ -92,6 +93,7 @@ class PaperModel:
 
         if encoded.model != self.name:
             raise FormatError(f"not a paper-model stream: {encoded.model!r}")
+        validate_config("paper", encoded.config, encoded.shape)   # the whole config, before anything is built
         try:
             cfg = config_from_payload(encoded.config)
         except (TypeError, ValueError) as e:
@@ -115,16 +117,21 @@ class PaperModel:
             raise InputError(f"output shape {out_shape} exceeds {MAX_RENDER_VOXELS} voxels")
         if "weights" not in encoded.sections:
             raise FormatError("paper stream has no 'weights' section")
-        state = dequantize_state(encoded.sections["weights"], encoded.config.get("quant"))
-        part = _read_partition(encoded, cfg, lr_shape)
-        if part is not None and int(part.active.sum()) > len(encoded.sections["weights"]):
-            raise FormatError("paper stream: more blocks than stored weights")
+        with payload_guard("paper-model payload"):
+            state = dequantize_state(encoded.sections["weights"], encoded.config.get("quant"))
+            part = _read_partition(encoded, cfg, lr_shape)
+            if part is not None and int(part.active.sum()) > len(encoded.sections["weights"]):
+                raise FormatError("paper stream: more blocks than stored weights")
+            # the architecture's parameter shapes, on the meta device (nothing allocated), against the stored
+            # weights: a config that asks for a bigger network than the file holds builds nothing
+            with torch.device("meta"):
+                shapes = {k: tuple(p.shape) for k, p in _build(cfg, part).named_parameters()}
+            if set(shapes) != set(state) or any(shapes[k] != state[k].shape for k in shapes):
+                raise FormatError("paper stream: stored weights do not match the architecture in its config")
         dev = resolve_device(device)
         tune_cpu_allocator(dev)
         net = _build(cfg, part)
         own = dict(net.named_parameters())
-        if set(own) != set(state) or any(tuple(own[k].shape) != state[k].shape for k in own):
-            raise FormatError("paper stream: stored weights do not match the architecture in its config")
         with torch.no_grad():
             for k, p in own.items():
                 p.copy_(torch.from_numpy(state[k]))

@@ -314,7 +314,7 @@ def test_info_is_torch_free(tmp_path):
         format_info_text(d)
         read_inrv({str(path)!r})
         import inrv
-        inrv.info({str(path)!r})
+        inrv.info({os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "golden", "v1", "paper-tiny.inrv")!r})  # + config check
         assert d["shape"] == {list(SHAPE)!r}
         print("torch" in sys.modules)
     """)
