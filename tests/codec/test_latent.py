@@ -256,8 +256,12 @@ def test_rate_checkpoint_trains_the_same_model():
 def test_soft_rounding_training_codes_exactly():
     vol = _phantom((20, 18, 16), seed=5)
     enc = LatentModel().fit(vol, make_config("latent-tiny", steps=24, soft_round=True), device="cpu")
-    ints, *_ = _decoded_ints(enc)
+    ints, w, shapes, cfg = _decoded_ints(enc)
     assert any(np.any(i != 0) for i in ints)
+    # exactly: the decoded latents code back to the same bytes, and a decode renders the encoder's image
+    lo, hi = enc.config["sym_range"]
+    assert code_latents(ints, w, shapes, 1, lo=lo, hi=hi, passes=cfg.ctx_passes) == enc.sections["latents"]
+    np.testing.assert_array_equal(LatentModel().render(enc), enc.reconstruction)
     assert enc.stats["psnr"] > 20
 
 
