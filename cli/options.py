@@ -26,7 +26,7 @@ from typing import Any, Callable
 import click
 
 from ..codec.base import list_models
-from ..codec.config import DEFAULT_PRESET, PRESETS, LatentConfig, PaperConfig
+from ..codec.config import DEFAULT_PRESET, PRESETS, family_spec
 from ..errors import InrvError, UsageError
 
 # exit codes (docs/cli.md)
@@ -38,8 +38,6 @@ EXIT_INTERRUPTED = 130    # Ctrl-C (128 + SIGINT)
 
 PROG = "inrv"
 
-# the preset a family gets when only --model is given
-FAMILY_DEFAULT_PRESET = {"paper": "paper", "latent": "balanced"}
 
 # CLI option name -> config field name (the options of encoding_options that go into a config)
 OPTION_FIELDS = {"ds": "ds", "nc": "nc", "sn": "sn", "epochs": "steps", "seed": "seed",
@@ -73,7 +71,15 @@ class DurationType(click.ParamType):
             return parse_duration(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
-_CONFIG_CLASSES = {"paper": PaperConfig, "latent": LatentConfig}
+
+
+def family_default_preset(model: str) -> str:
+    """The preset a family gets when only ``--model`` is given: the project default when it is of that
+    family, else the preset named like the family, else its first (from the one family registry)."""
+    if PRESETS[DEFAULT_PRESET].model == model:
+        return DEFAULT_PRESET
+    presets = family_spec(model).presets
+    return model if model in presets else next(iter(presets))
 
 
 # --------------------------------------------------------------------------- verbosity
@@ -145,7 +151,7 @@ def encoding_options(f: Callable) -> Callable:
     options = [
         click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
                      help=f"Named configuration (default {DEFAULT_PRESET}; with --model latent: "
-                          f"{FAMILY_DEFAULT_PRESET['latent']}). 'tiny' and 'latent-tiny' take seconds on a CPU."),
+                          f"{family_default_preset('latent')}). 'tiny' and 'latent-tiny' take seconds on a CPU."),
         click.option("--model", type=click.Choice(list_models()), default=None,
                      help="Model family: paper (k-space downsampling + SIREN + SRNO) or latent "
                           "(coded latent grids). Implied by --preset."),
@@ -209,7 +215,7 @@ def resolve_preset(preset: str | None = None, model: str | None = None) -> str:
     """The preset to start from: ``--preset`` if given, else the default preset of ``--model``, else
     the project default. A preset of another family than ``--model`` is a usage error."""
     if preset is None:
-        return FAMILY_DEFAULT_PRESET.get(model, DEFAULT_PRESET) if model else DEFAULT_PRESET
+        return family_default_preset(model) if model in list_models() else DEFAULT_PRESET
     if preset not in PRESETS:
         raise UsageError(f"unknown preset {preset!r} (known: {', '.join(sorted(PRESETS))})")
     family = PRESETS[preset].model
@@ -239,8 +245,8 @@ def build_config(**opts: Any):
     fields = {f.name for f in dataclasses.fields(base)}
     for opt, field in OPTION_FIELDS.items():
         if opts.get(opt) is not None and field not in fields:
-            owners = [fam for fam, cls in _CONFIG_CLASSES.items()
-                      if field in {f.name for f in dataclasses.fields(cls)}]
+            owners = [fam for fam in list_models()
+                      if field in {f.name for f in dataclasses.fields(family_spec(fam).config)}]
             raise UsageError(f"{_FLAG[opt]} applies to the {' and '.join(owners)} model only, "
                              f"not to {base.model!r} (preset {name})")
     if opts.get("bpv") is not None and opts.get("psnr") is not None:

@@ -6,8 +6,8 @@ Every caller that needs to know "is this path a volume, and of which format" ask
 
 * :data:`VOLUME_SUFFIXES`: suffix -> format (``"nifti"``, ``"nrrd"``, ``"mha"``, ``"dicom"``), longest
   first, so ``scan.nii.gz`` is ``.nii.gz`` and not ``.gz``.
-* :func:`looks_like_dicom`: a ``.dcm``/``.ima``/``.dicom`` name or the ``DICM`` preamble at byte 128
-  (:func:`has_dicom_preamble` for bytes already read).
+* :func:`looks_like_dicom`: a ``.dcm``/``.ima``/``.dicom`` name, or first bytes that are DICOM (the byte
+  test is ``formats.dicom.looks_like_dicom_head``, for bytes already read).
 * :func:`walk`: a sorted, deterministic ``os.walk`` that skips hidden entries and one folder (an output
   folder inside the source); :func:`dicom_series` groups a folder's DICOM files by SeriesInstanceUID.
 
@@ -29,8 +29,6 @@ VOLUME_SUFFIXES: dict[str, str] = {
 }
 # names that are DICOM without reading them (besides the table's .dcm)
 DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
-DICOM_MAGIC_OFFSET = 128
-DICOM_MAGIC = b"DICM"
 
 
 def volume_suffix(name: str | os.PathLike) -> str | None:
@@ -47,11 +45,6 @@ def strip_volume_suffix(name: str) -> str:
     """``scan.nii.gz -> scan``; a name without a volume suffix is returned as it is."""
     suffix = volume_suffix(name)
     return name[: len(name) - len(suffix)] if suffix else name
-
-
-def has_dicom_preamble(head: bytes) -> bool:
-    """True when ``head`` (the first bytes of a file) carries the DICOM Part 10 ``DICM`` magic."""
-    return bytes(head[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + 4]) == DICOM_MAGIC
 
 
 def looks_like_dicom(path: str | os.PathLike) -> bool:
@@ -104,5 +97,5 @@ def dicom_series(folder: str | os.PathLike) -> list[tuple[str, tuple[str, ...]]]
     return sorted(out)
 
 
-__all__ = ["VOLUME_SUFFIXES", "DICOM_SUFFIXES", "volume_suffix", "strip_volume_suffix", "has_dicom_preamble",
+__all__ = ["VOLUME_SUFFIXES", "DICOM_SUFFIXES", "volume_suffix", "strip_volume_suffix",
            "looks_like_dicom", "walk", "Folder", "dicom_series"]

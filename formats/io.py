@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import InputError, InrvError, RunError, UsageError
 from .atomic import atomic_output
 from .dicom import looks_like_dicom_head
-from .discovery import VOLUME_SUFFIXES, has_dicom_preamble, looks_like_dicom, volume_suffix
+from .discovery import VOLUME_SUFFIXES, looks_like_dicom, volume_suffix
 from .volume import SUPPORTED_DTYPES, Intensity, Volume
 
 _WRITE_ONLY_SINGLE = {".nhdr": ".nrrd", ".mhd": ".mha", ".dcm": "a folder"}
@@ -54,7 +54,7 @@ def _sniff(path: Path) -> str | None:
             head = f.read(544)
     except OSError as e:
         raise InputError(f"{path}: cannot open: {e.strerror or e}") from None
-    if has_dicom_preamble(head) or looks_like_dicom_head(head):
+    if looks_like_dicom_head(head):
         return "dicom"
     if head[:2] == b"\x1f\x8b":
         return None  # gzip of something: only trusted with a .nii.gz name

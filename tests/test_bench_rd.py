@@ -135,6 +135,7 @@ def test_quality_at_interpolates_and_marks_extrapolation():
 # ---------------------------------------------------------------- the CLI end to end
 
 
+@pytest.mark.slow
 def test_rd_quick_end_to_end(tmp_path):
     nib = pytest.importorskip("nibabel")
     vol = _phantom()

@@ -5,6 +5,7 @@ the volume slab by slab."""
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -36,7 +37,9 @@ class LatentModel:
 
     # ------------------------------------------------------------------ fit
     def fit(self, data: np.ndarray, config: LatentConfig | None = None, *, device: str | None = None,
-            progress: Progress | None = None) -> Encoded:
+            progress: Progress | None = None, file_bytes: Callable[[Encoded], int] | None = None) -> Encoded:
+        """``file_bytes``: the size of the file an Encoded becomes; ``target_bpv`` searches on it (the
+        container's bytes included) instead of the model's own sections and config."""
         cfg = config if config is not None else LatentConfig()
         if not isinstance(cfg, LatentConfig):
             raise InputError("the latent model needs a LatentConfig")
@@ -61,7 +64,7 @@ class LatentModel:
         if cfg.target_bpv is None and cfg.target_psnr is None:
             enc = fit_once(arr, cfg, dev, progress, plan=plan)
         else:
-            enc = search_lambda(arr, cfg, dev, progress, plan)
+            enc = search_lambda(arr, cfg, dev, progress, plan, file_bytes=file_bytes)
         enc.stats["seconds"] = round(time.time() - t0, 2)
         return enc
 

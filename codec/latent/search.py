@@ -12,8 +12,10 @@ from .config import LatentConfig
 from .fit import fit_once
 
 
-def search_lambda(arr, cfg: LatentConfig, dev, progress, plan=None) -> Encoded:
+def search_lambda(arr, cfg: LatentConfig, dev, progress, plan=None, file_bytes=None) -> Encoded:
     """Pick lambda for ``target_bpv`` / ``target_psnr``: bracket on log-lambda, then regula falsi.
+    ``file_bytes(encoded)``: the size of the file it becomes; the rate is then measured on it (the
+    container's bytes included) instead of the model's own sections and config.
 
     Each fit gets ``dataclasses.replace(cfg, lmbda=..., steps=...)`` (``search_steps`` per search
     fit) and stores its config laid out like ``cfg`` (:func:`~inrv.codec.latent.fit.stored_config`).
@@ -28,7 +30,9 @@ def search_lambda(arr, cfg: LatentConfig, dev, progress, plan=None) -> Encoded:
 
     def measure(e: Encoded) -> float:
         # both measures decrease as lambda grows (bpv in log, to make it near-linear in log lambda)
-        return math.log(e.stats["bpv_total"]) if by_rate else e.stats["psnr"]
+        if by_rate and file_bytes is not None:
+            e.stats["bpv_file"] = 8.0 * file_bytes(e) / arr.size
+        return math.log(e.stats.get("bpv_file", e.stats["bpv_total"])) if by_rate else e.stats["psnr"]
 
     goal = math.log(target) if by_rate else target
     x = math.log(cfg.lmbda)

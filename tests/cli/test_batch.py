@@ -701,3 +701,13 @@ def test_inrv_batch_is_reachable_from_the_main_command(tmp_path):
     make_archive(tmp_path / "src", n_nifti=1)
     res = CliRunner().invoke(main, ["batch", str(tmp_path / "src"), "-o", str(tmp_path / "dst"), "--dry-run"])
     assert res.exit_code == 0 and res.stdout.count("encode") == 5 and not (tmp_path / "dst").exists()
+
+
+def test_discovery_finds_detached_header_volumes(tmp_path):
+    """.nhdr/.mhd are volumes too (the one suffix table of formats/discovery.py); their data files are
+    neither jobs nor DICOM."""
+    _write_image(tmp_path / "a/v.mhd", phantom("int16", (6,) * 3, 1))      # v.mhd + v.raw
+    _write_image(tmp_path / "b/w.nhdr", phantom("int16", (6,) * 3, 2))     # w.nhdr + w.raw.gz (or w.raw)
+    jobs = E.discover(tmp_path)
+    assert [(j.key, j.kind, j.output) for j in jobs] == [("a/v.mhd", "file", "a/v.inrv"),
+                                                         ("b/w.nhdr", "file", "b/w.inrv")]

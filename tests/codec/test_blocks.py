@@ -49,6 +49,7 @@ def test_batched_block_siren_equals_per_block_evaluation():
         torch.testing.assert_close(got[row], one(coords)[:, 0], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_odd_size_blocks_roundtrip_and_streamed_decode(monkeypatch):
     x = _smooth((37, 41, 23))
     x[:, :, 12:] = 5.0                                   # a constant slab: its blocks get no SIREN
@@ -136,6 +137,7 @@ def _face_interior_psnr(x, y, hb):
     return p(face), p(~face)
 
 
+@pytest.mark.slow
 def test_no_visible_seams_on_a_smooth_phantom():
     x = _smooth((32, 32, 32), seed=1)
     enc = inrv.encode(x, "tiny", device="cpu", block=16, steps=60, points_per_step=2048, nc=4, sn=16,
@@ -166,6 +168,7 @@ _MEM_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_large_volume_encodes_with_bounded_memory():
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", _MEM_SCRIPT], capture_output=True, text=True, env=env, timeout=300)

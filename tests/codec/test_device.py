@@ -20,6 +20,7 @@ def _run(env_extra):
     return out.stdout.split()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
 def test_allocator_tuning_applies_to_cpu_only_and_can_be_turned_off():
     import platform

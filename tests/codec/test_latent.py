@@ -96,6 +96,7 @@ def test_render_matches_reported_psnr_and_is_deterministic(tiny_fit):
         LatentModel().render(enc, shape=(5, 5, 5))
 
 
+@pytest.mark.slow
 def test_thin_and_constant_volumes():
     cfg = make_config("latent-tiny", steps=20, polish_steps=0)
     thin = _phantom((30, 26, 2))
@@ -110,6 +111,7 @@ def test_thin_and_constant_volumes():
         LatentModel().fit(np.zeros((2, 2, 2, 2)), cfg)
 
 
+@pytest.mark.slow
 def test_target_bpv_lands_within_ten_percent():
     vol = _phantom((32, 28, 24), seed=3)
     target = 1.0
@@ -133,6 +135,7 @@ def _kspace_trilinear(vol: np.ndarray) -> np.ndarray:
     return up[0, 0].numpy()
 
 
+@pytest.mark.slow
 def test_tiny_fit_beats_kspace_trilinear_baseline():
     """On a real MRI crop, a 40-step fit beats the k-space-downsampled volume upsampled
     trilinearly, while spending fewer bits than that low-res grid stored raw (1/8 of the voxels
@@ -144,6 +147,7 @@ def test_tiny_fit_beats_kspace_trilinear_baseline():
     assert enc.stats["bpv_total"] < 1.0
 
 
+@pytest.mark.slow
 def test_target_psnr_search_gets_close():
     vol = _phantom((32, 28, 24), seed=3)
     enc = LatentModel().fit(vol, make_config("latent-tiny", steps=25, target_psnr=30.0, search_iters=6),
@@ -189,6 +193,7 @@ def test_soft_round_goes_from_identity_to_round():
     assert torch.allclose(soft_round(half, 0.2), half)        # fixed points at half-integers
 
 
+@pytest.mark.slow
 def test_slab_training_bounds_memory_and_keeps_the_rate_honest():
     """A volume larger than max_voxels_per_step trains on random slabs (distortion and rate);
     the coded size still matches the training estimate and the render covers the whole volume."""
@@ -232,6 +237,7 @@ def test_slab_step_reads_only_its_row_windows(upsample):
                                            up_torch(lat[k + 1], sh, rows), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_rate_checkpoint_trains_the_same_model():
     """Recomputing the context network in the backward pass (the CUDA default, to save memory) is
     the same training: on a CPU the coded bytes are identical with and without it."""
@@ -246,11 +252,16 @@ def test_rate_checkpoint_trains_the_same_model():
     assert out[0] == out[1]
 
 
+@pytest.mark.slow
 def test_soft_rounding_training_codes_exactly():
     vol = _phantom((20, 18, 16), seed=5)
     enc = LatentModel().fit(vol, make_config("latent-tiny", steps=24, soft_round=True), device="cpu")
-    ints, *_ = _decoded_ints(enc)
+    ints, w, shapes, cfg = _decoded_ints(enc)
     assert any(np.any(i != 0) for i in ints)
+    # exactly: the decoded latents code back to the same bytes, and a decode renders the encoder's image
+    lo, hi = enc.config["sym_range"]
+    assert code_latents(ints, w, shapes, 1, lo=lo, hi=hi, passes=cfg.ctx_passes) == enc.sections["latents"]
+    np.testing.assert_array_equal(LatentModel().render(enc), enc.reconstruction)
     assert enc.stats["psnr"] > 20
 
 
@@ -315,6 +326,7 @@ def test_8_pass_coding_is_independent_of_threads_and_chunks():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_weight_steps_are_chosen_per_tensor_unless_bits_are_given():
     """Default: each network tensor is entropy-coded at its own measured step (``wq``); an explicit
     ``weight_bits`` keeps fixed-precision affine packing. Both decode to the encoder's reconstruction."""
@@ -420,6 +432,7 @@ def test_newer_payload_version_is_refused_with_upgrade_message():
         LatentModel().render(enc)
 
 
+@pytest.mark.slow
 def test_context_width_follows_the_rate_unless_given():
     """``ctx_width=None``: 24 where the latents dominate the file (low lambda or large volumes), 16 at
     low rates on small volumes; the width used is stored and decodes; a given width is kept."""
@@ -492,6 +505,7 @@ def test_background_blocks_mask_expand_and_pack_round_trip():
         unpack_blocks(pack_blocks(bb), (6, 3, 2))     # a grid that needs more bytes than stored
 
 
+@pytest.mark.slow
 def test_background_mask_restores_the_background_exactly_and_codes_honestly():
     """With ``bg_block`` the all-minimum blocks decode to exactly the minimum, the mask's bytes are in
     the rate, the payload is version 3 (older readers refuse it); without background no mask is

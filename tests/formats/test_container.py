@@ -7,6 +7,7 @@ Several tests build files by hand from docs/format.md (struct + zlib + msgpack),
 from __future__ import annotations
 
 import math
+import random
 import re
 import struct
 import tracemalloc
@@ -606,3 +607,46 @@ def test_hex_example_in_the_spec():
     block = block[:block.index("```")]
     hexes = re.findall(r"^\s*((?:[0-9a-f]{2} )*[0-9a-f]{2})\s", block, re.M)
     assert bytes.fromhex("".join(hexes)) == pack({"k": "v"}, {"x": b"hello"})
+
+
+# --------------------------------------------------------------------------- limits not covered above
+
+def test_zstd_window_over_the_limit_is_refused_from_the_frame_header():
+    """A frame that declares 1000 bytes of content but asks for a 1 GiB window (not single-segment):
+    zstd would allocate the window, so the header is refused before decoding."""
+    frame = bytearray(b"\x28\xb5\x2f\xfd")
+    frame.append(0x40)                       # FCS field 2 bytes, not single segment, no checksum/dictionary
+    frame.append(20 << 3)                    # window descriptor: windowLog = 10 + 20 = 30 (1 GiB)
+    frame += struct.pack("<H", 1000 - 256)   # 2-byte content size field stores size - 256
+    frame += bytes(8)
+    buf = build({"_s": [zstd_row("z", bytes(frame), 1000)]}, [bytes(frame)])
+    with pytest.raises(LimitError, match=r"'z'.*zstd window of 1073741824 bytes exceeds the limit"):
+        unpack(buf)
+    # the limit is the Limits field: a smaller one refuses a window a default reader accepts
+    ok = zstandard.ZstdCompressor(level=1).compress(bytes(range(256)) * 64)       # 16 KiB, window <= 16 KiB
+    buf = build({"_s": [zstd_row("z", ok, 16384)]}, [ok])
+    assert unpack(buf)[1]["z"] == bytes(range(256)) * 64
+    frame = bytearray(ok)
+    assert frame[4] & 0x20                   # single segment: window = content size, always allowed
+    assert unpack(buf, Limits(max_zstd_window=1024))[1]["z"] == bytes(range(256)) * 64
+
+
+def test_pack_refuses_a_file_over_the_size_limit():
+    lim = Limits(max_file_bytes=500)
+    assert len(pack({}, {"a": bytes(300)}, limits=lim)) <= 500
+    with pytest.raises(LimitError, match=r"file of \d+ bytes exceeds the limit of 500"):
+        pack({}, {"a": RANDOM_BYTES, "b": RANDOM_BYTES[::-1]}, limits=lim)      # incompressible: stored raw
+
+
+def test_reading_a_path_over_the_size_limit_is_refused_before_reading_it(tmp_path):
+    from inrv.formats.inrvfile import inrv_info, read_inrv
+
+    buf = pack({}, {"a": random.Random(0).randbytes(2000)})      # incompressible
+    path = tmp_path / "big.inrv"
+    path.write_bytes(buf)
+    with pytest.raises(LimitError, match=rf"big.inrv: {len(buf)} bytes exceed the limit of 1000"):
+        read_inrv(path, limits=Limits(max_file_bytes=1000))
+    with pytest.raises(LimitError, match="exceed the limit of 1000"):
+        inrv_info(path, limits=Limits(max_file_bytes=1000))
+    with pytest.raises(LimitError, match="file of"):                       # the same bytes, not a path
+        unpack(buf, Limits(max_file_bytes=1000))
