@@ -68,6 +68,7 @@ class ModelFamily(Protocol):
 _REGISTRY: dict[str, str] = {
     "paper": "inrv.codec.paper:PaperModel",
     "latent": "inrv.codec.latent:LatentModel",
+    "nearlossless": "inrv.codec.nearlossless:NearLosslessModel",
 }
 
 

@@ -90,7 +90,9 @@ class LatentConfig:
                                             # rate activation memory, ~40 % slower rate); None = on CUDA only
 
 
-Config = Union[PaperConfig, LatentConfig]
+from .nearlossless import NearLosslessConfig  # noqa: E402  (the family owns its config class)
+
+Config = Union[PaperConfig, LatentConfig, NearLosslessConfig]
 
 PRESETS: dict[str, Config] = {
     # the paper's trade-off point (DS 1/2, NC 4, SN 30), trained as in the paper
@@ -104,6 +106,8 @@ PRESETS: dict[str, Config] = {
     # a few seconds on a CPU, for tests
     "latent-tiny": LatentConfig(steps=60, levels=4, synth_width=8, synth_layers=1, conv_channels=2, ctx_width=4,
                                 polish_steps=5, search_iters=4),
+    # guaranteed maximum error (no network): lossless by default, --max-error E for near-lossless
+    "lossless": NearLosslessConfig(),
 }
 
 # the best rate-distortion by default; the paper's model stays one option away (--preset paper, --ds/--nc/--sn)
@@ -164,7 +168,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 
 
 def config_from_dict(d: dict[str, Any]) -> Config:
-    cls = {"paper": PaperConfig, "latent": LatentConfig}.get(d.get("model"))
+    cls = {"paper": PaperConfig, "latent": LatentConfig, "nearlossless": NearLosslessConfig}.get(d.get("model"))
     if cls is None:
         raise UsageError(f"unknown model family {d.get('model')!r}")
     names = {f.name for f in dataclasses.fields(cls)}

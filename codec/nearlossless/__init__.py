@@ -1,0 +1,137 @@
+"""The ``nearlossless`` model family: a guaranteed maximum error ``E`` per voxel (``E = 0``: lossless).
+
+No network: a hierarchical integer interpolation predictor (:mod:`.predict`) with the residual quantised
+in the loop in bins of width ``2E + 1``, and context-modelled range coding of the quantised residuals
+(:mod:`.coder`, :mod:`.tokens`). Every step the decoder repeats is integer arithmetic, so a file decodes to
+the same voxels on every machine, thread count and BLAS. The encoder decodes its own bytes and checks the
+bound before it returns.
+
+Integer voxels: ``E`` is in stored units (floored to an integer bound). Float voxels: near-lossless only
+(``E > 0``): the values are snapped to a grid of step just under ``2E`` and the grid indices coded
+losslessly; lossless float coding raises :class:`~inrv.errors.InputError`.
+
+Config keys written to the file (``c``): ``max_error`` (the bound asked for, stored units), ``v`` (payload
+version, 1), ``E`` (the integer bound on the coded integers), ``lo``/``hi``/``root`` (range and first
+voxel of the coded integers), ``mirror`` (axis of exact mirror symmetry, when used), ``step`` (float data:
+voxel = index * step), ``fallback`` (when :func:`inrv.compress` stored this lossless file instead of a
+larger one of another family: that family's id). See docs/format.md.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..base import Encoded, Progress
+
+PAYLOAD_VERSION = 1
+MAX_INDEX = 1 << 50          # float data: grid indices beyond this cannot be coded exactly
+
+
+@dataclass(frozen=True)
+class NearLosslessConfig:
+    """Guaranteed maximum absolute error ``max_error`` in stored units (0 = lossless)."""
+
+    model: str = "nearlossless"
+    max_error: float = 0.0
+    seed: int = 0                   # unused (deterministic); kept so that --seed is harmless
+    steps: int = 0                  # unused: there is no training
+
+
+def _stats(x: np.ndarray, rec: np.ndarray, bound: float, t0: float) -> dict[str, Any]:
+    err = float(np.max(np.abs(rec - x.astype(np.float64)))) if x.size else 0.0
+    return {"max_abs_err": err, "max_error_bound": float(bound), "encode_seconds": time.perf_counter() - t0,
+            "device": "cpu", "steps": 0}
+
+
+class NearLosslessModel:
+    name = "nearlossless"
+
+    def fit(self, data: np.ndarray, config: Any, *, device: str | None = None,
+            progress: Progress | None = None) -> Encoded:
+        from ...errors import InputError
+        from . import coder
+
+        t0 = time.perf_counter()
+        x = np.asarray(data)
+        if x.ndim != 3 or x.size == 0:
+            raise InputError(f"expected a non-empty 3D volume, got shape {tuple(x.shape)}")
+        E = float(getattr(config, "max_error", 0.0) or 0.0)
+        if not math.isfinite(E) or E < 0:
+            raise InputError(f"the maximum error must be a finite number >= 0, not {E}")
+        cfg: dict[str, Any] = {"model": self.name, "max_error": E, "v": PAYLOAD_VERSION}
+        if x.dtype.kind in "iub":
+            xi = x.astype(np.int64)
+            params, sections, R = coder.encode(xi, int(math.floor(E)))
+            rec = R.astype(np.float64)
+        elif x.dtype.kind == "f":
+            if E == 0:
+                raise InputError(f"lossless coding of {x.dtype} voxels is not supported; give a maximum "
+                                 "error > 0 (--max-error E)")
+            if not np.all(np.isfinite(x)):
+                raise InputError("the volume has NaN or infinite voxels; near-lossless coding needs finite values")
+            params, sections, rec = self._fit_float(x, E)
+        else:
+            raise InputError(f"cannot code voxels of type {x.dtype}")
+        cfg.update(params)
+        lo, hi = float(np.min(x)), float(np.max(x))
+        enc = Encoded(model=self.name, config=cfg, sections=sections, shape=tuple(int(s) for s in x.shape),
+                      value_range=(lo, hi))
+        # verify on the decoder's own output (the bound is a promise)
+        dec = self.render(enc)
+        if x.dtype.kind == "f":
+            dec = dec.astype(x.dtype).astype(np.float64)     # what restoring the dtype gives
+        if not np.array_equal(dec, rec):
+            raise RuntimeError("nearlossless: the decoder disagrees with the encoder (bug)")
+        err = float(np.max(np.abs(dec - x.astype(np.float64))))
+        if err > E:
+            raise RuntimeError(f"nearlossless: max error {err} exceeds the bound {E} (bug)")
+        enc.stats = _stats(x, dec, E, t0)
+        enc.reconstruction = dec
+        if progress is not None:
+            progress(1, 1, {})
+        return enc
+
+    def _fit_float(self, x: np.ndarray, E: float):
+        """Grid indices ``rint(x / step)`` coded losslessly; the step shrinks until the restored float
+        values (cast to ``x.dtype``) are within ``E``."""
+        from ...errors import InputError
+        from . import coder
+
+        xf = x.astype(np.float64)
+        step = 2.0 * E
+        for _ in range(8):
+            step *= 1.0 - 2.0 ** -20
+            if np.max(np.abs(xf)) / step > MAX_INDEX:
+                raise InputError(f"the maximum error {E} is too small for values up to {np.max(np.abs(xf)):g}")
+            idx = np.rint(xf / step).astype(np.int64)
+            rec = (idx.astype(np.float64) * step).astype(x.dtype).astype(np.float64)
+            if np.max(np.abs(rec - xf)) <= E:
+                params, sections, R = coder.encode(idx, 0)
+                params["step"] = step
+                return params, sections, rec
+        raise InputError(f"cannot meet the maximum error {E} in {x.dtype} arithmetic")
+
+    def render(self, encoded: Encoded, *, shape: tuple[int, ...] | None = None,
+               device: str | None = None) -> np.ndarray:
+        from ...errors import FormatError, InputError, UnsupportedVersionError
+        from . import coder
+
+        c = encoded.config
+        if shape is not None and tuple(shape) != tuple(encoded.shape):
+            raise InputError("a nearlossless file decodes on its own grid only (no --shape)")
+        v = c.get("v")
+        if v != PAYLOAD_VERSION:
+            raise UnsupportedVersionError(f"nearlossless payload version {v!r} is unknown to this inrv; upgrade")
+        try:
+            R = coder.decode(tuple(encoded.shape), c, encoded.sections)
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise FormatError(f"corrupt nearlossless payload: {e}") from None
+        out = R.astype(np.float64)
+        if "step" in c:
+            out *= float(c["step"])
+        return out
