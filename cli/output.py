@@ -84,8 +84,9 @@ def encode_summary_line(src: Any, dst: Any, summary: dict[str, Any]) -> str:
     psnr = find(summary, "psnr", "psnr_db")
     ssim = find(summary, "ssim")
     secs = find(summary, "seconds", "encode_seconds")
+    err = find(summary, "max_abs_err")
     return (f"{src} -> {dst}: {human_bytes(size)}, {_num(bpv, '.3f')} bpv, PSNR {_num(psnr, '.2f', ' dB')}, "
-            f"SSIM {_num(ssim, '.4f')}, {_num(secs, '.1f', ' s')}")
+            f"SSIM {_num(ssim, '.4f')}, max|err| {_num(err, '.6g')}, {_num(secs, '.1f', ' s')}")
 
 
 def decode_summary_line(src: Any, dst: Any, shape: Any, dtype: Any, seconds: float) -> str:

@@ -129,7 +129,7 @@ class NearLosslessModel:
             raise UnsupportedVersionError(f"nearlossless payload version {v!r} is unknown to this inrv; upgrade")
         try:
             R = coder.decode(tuple(encoded.shape), c, encoded.sections)
-        except (ValueError, KeyError, TypeError, IndexError) as e:
+        except (ValueError, KeyError, TypeError, IndexError, OverflowError, RuntimeError, StopIteration) as e:
             raise FormatError(f"corrupt nearlossless payload: {e}") from None
         out = R.astype(np.float64)
         if "step" in c:

@@ -197,22 +197,25 @@ def _decode(shape: tuple[int, int, int], params: dict, sections: dict[str, bytes
     E, lo, hi, root = (int(params[k]) for k in ("E", "lo", "hi", "root"))
     if E < 0 or lo > hi or not lo <= root <= hi:
         raise ValueError("bad nearlossless parameters")
-    vals = _read_varints(sections["nl.tab"])
+    vals = list(_read_varints(sections["nl.tab"]))
+    pos = 0
     models = []
     for _ in range(P.N_CONTEXTS):
-        n = next(vals, None)
-        if n is None:
+        if pos >= len(vals):
             raise ValueError("truncated tables")
+        n = vals[pos]
+        pos += 1
         if n == 0:
             models.append(None)
             continue
-        if n > T.N_TOKENS or n < 2:
-            raise ValueError("table too long")
-        t = np.array([next(vals) for _ in range(n)], dtype=np.int64)
-        if t.sum() <= 0:
-            raise ValueError("empty table")
+        if n > T.N_TOKENS or n < 2 or pos + n > len(vals):
+            raise ValueError("bad table length")
+        t = np.array(vals[pos:pos + n], dtype=np.int64)
+        pos += n
+        if t.sum() <= 0 or t.max() > 1 << 40:
+            raise ValueError("bad table")
         models.append(_model(t))
-    if next(vals, None) is not None:
+    if pos != len(vals):
         raise ValueError("trailing table bytes")
     rcb = sections["nl.rc"]
     if len(rcb) % 4:
