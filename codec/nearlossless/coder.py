@@ -19,7 +19,28 @@ import numpy as np
 from . import predict as P
 from . import tokens as T
 
-PRECISION = 1 << 14          # tables with more symbols than this are scaled to about this total
+PRECISION = 1 << 16          # tables with more symbols than this are scaled to about this total
+
+
+def count_code(c: np.ndarray) -> np.ndarray:
+    """Counts (0 .. 2**17) -> one byte each, a small float: ``c < 16`` as is, else ``16 + 16 e + m`` with
+    ``c ~ (16 + m) << e`` (rounded down; 4 mantissa bits, relative error < 7 %)."""
+    c = np.asarray(c, dtype=np.int64)
+    e = np.zeros_like(c)
+    v = c.copy()
+    while np.any(v >= 32):
+        big = v >= 32
+        v = np.where(big, v >> 1, v)
+        e += big
+    return np.where(c < 16, c, 16 + 16 * e + (v - 16))
+
+
+def count_value(code: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`count_code` (up to its rounding): the count the coder uses."""
+    k = np.asarray(code, dtype=np.int64)
+    e = np.maximum(k - 16, 0) // 16
+    m = np.maximum(k - 16, 0) % 16
+    return np.where(k < 16, k, (16 + m) << e)
 RES_CAP = 1 << 20
 
 
@@ -38,22 +59,42 @@ def _varints(values: list[int]) -> bytes:
     return bytes(out)
 
 
-def _read_varints(data: bytes):
-    pos, n = 0, len(data)
-    while pos < n:
-        v, sh = 0, 0
+def _tables_bytes(flat: list[int]) -> bytes:
+    """``[n, code * n, n, code * n, ...]`` -> varint n, then the n codes as single bytes."""
+    out, i = bytearray(), 0
+    while i < len(flat):
+        n = flat[i]
+        out += _varints([n])
+        out += bytes(flat[i + 1:i + 1 + n])
+        i += 1 + n
+    return bytes(out)
+
+
+def _read_tables(data: bytes, n_contexts: int) -> list[np.ndarray | None]:
+    """Inverse of :func:`_tables_bytes`: per context its count codes (None when unused)."""
+    out: list[np.ndarray | None] = []
+    pos = 0
+    for _ in range(n_contexts):
+        n, sh = 0, 0
         while True:
-            if pos >= n:
-                raise ValueError("truncated varint")
+            if pos >= len(data) or sh > 28:
+                raise ValueError("truncated tables")
             b = data[pos]
             pos += 1
-            v |= (b & 0x7F) << sh
+            n |= (b & 0x7F) << sh
             sh += 7
             if not b & 0x80:
                 break
-            if sh > 63:
-                raise ValueError("varint too long")
-        yield v
+        if n == 0:
+            out.append(None)
+            continue
+        if pos + n > len(data):
+            raise ValueError("truncated tables")
+        out.append(np.frombuffer(data, dtype=np.uint8, count=n, offset=pos).astype(np.int64))
+        pos += n
+    if pos != len(data):
+        raise ValueError("trailing table bytes")
+    return out
 
 
 def _normalise(counts: np.ndarray) -> np.ndarray:
@@ -108,11 +149,49 @@ def encode(x: np.ndarray, E: int) -> tuple[dict, dict[str, bytes], np.ndarray]:
     if x.ndim != 3 or x.size == 0:
         raise ValueError("expected a non-empty 3D array")
     a = mirror_axis(x)
+    h = np.ascontiguousarray(x[_half(x.shape, a)]) if a >= 0 else x
+    params, sections, R = _encode_ordered(h, E)
     if a < 0:
-        return _encode(x, E)
-    params, sections, R = _encode(np.ascontiguousarray(x[_half(x.shape, a)]), E)
+        return params, sections, R
     params["mirror"] = a
     return params, sections, _unmirror(R, x.shape, a)
+
+
+TRY_ALL_ORDERS = 1 << 21     # volumes up to this many voxels try all six axis orders
+
+
+def axis_order(x: np.ndarray) -> list[int]:
+    """Roughest axis first, smoothest last (the last pass of each level, half of the voxels, interpolates
+    along the last axis): axes sorted by decreasing mean absolute difference between neighbours."""
+    rough = [float(np.abs(np.diff(x, axis=a)).mean()) if x.shape[a] > 1 else -1.0 for a in range(3)]
+    return sorted(range(3), key=lambda a: (-rough[a], a))
+
+
+def _stored_len(b: bytes) -> int:
+    """About what the container stores for these bytes (it uses zstd when that is smaller)."""
+    import zstandard
+
+    return min(len(b), len(zstandard.ZstdCompressor(level=19).compress(b)) + 4)
+
+
+def _encode_ordered(x: np.ndarray, E: int):
+    """Code ``x`` with its axes permuted (``params["order"]``): the heuristic order, or on small volumes
+    the best of all six."""
+    import itertools
+
+    orders = [axis_order(x)]
+    if x.size <= TRY_ALL_ORDERS:
+        orders += [list(o) for o in itertools.permutations(range(3)) if list(o) != orders[0]]
+    best = None
+    for order in orders:
+        params, sections, R = _encode(np.ascontiguousarray(np.transpose(x, order)), E)
+        size = sum(len(b) for b in sections.values()) - len(sections["nl.tab"]) + _stored_len(sections["nl.tab"])
+        if best is None or size < best[0]:
+            best = (size, order, params, sections, R)
+    _, order, params, sections, R = best
+    if order != [0, 1, 2]:
+        params["order"] = order
+    return params, sections, np.transpose(R, np.argsort(order))
 
 
 def _unmirror(h: np.ndarray, shape, a: int) -> np.ndarray:
@@ -156,10 +235,10 @@ def _encode(x: np.ndarray, E: int) -> tuple[dict, dict[str, bytes], np.ndarray]:
             flat.append(0)
             continue
         n = max(2, int(nz[-1]) + 1)       # constriction needs two symbols at least
-        t = _normalise(h[:n])
-        tables.append(t)
+        codes = count_code(_normalise(h[:n]))
+        tables.append(count_value(codes))
         flat.append(n)
-        flat.extend(int(v) for v in t)
+        flat.extend(int(v) for v in codes)
     models = [None if t is None else _model(t) for t in tables]
     enc = constriction.stream.queue.RangeEncoder()
     raws, nbs = [], []
@@ -176,19 +255,22 @@ def _encode(x: np.ndarray, E: int) -> tuple[dict, dict[str, bytes], np.ndarray]:
     rc = np.asarray(enc.get_compressed(), dtype="<u4").tobytes()
     rawb = T.pack_bits(np.concatenate(raws), np.concatenate(nbs)) if raws else b""
     params = {"E": int(E), "lo": lo, "hi": hi, "root": root}
-    return params, {"nl.tab": _varints(flat), "nl.rc": rc, "nl.raw": rawb}, R
+    return params, {"nl.tab": _tables_bytes(flat), "nl.rc": rc, "nl.raw": rawb}, R
 
 
 def decode(shape: tuple[int, int, int], params: dict, sections: dict[str, bytes]) -> np.ndarray:
     """Inverse of :func:`encode` (int64 array). Raises ValueError on inconsistent data."""
     shape = tuple(int(v) for v in shape)
     a = int(params.get("mirror", -1))
-    if a == -1:
-        return _decode(shape, params, sections)
-    if a not in (0, 1, 2):
+    if a not in (-1, 0, 1, 2):
         raise ValueError("bad mirror axis")
+    order = [int(v) for v in params.get("order", [0, 1, 2])]
+    if sorted(order) != [0, 1, 2]:
+        raise ValueError("bad axis order")
     half = tuple((n + 1) // 2 if b == a else n for b, n in enumerate(shape))
-    return _unmirror(_decode(half, params, sections), shape, a)
+    coded = _decode(tuple(half[o] for o in order), params, sections)
+    R = np.transpose(coded, np.argsort(order))
+    return R if a == -1 else _unmirror(R, shape, a)
 
 
 def _decode(shape: tuple[int, int, int], params: dict, sections: dict[str, bytes]) -> np.ndarray:
@@ -197,26 +279,17 @@ def _decode(shape: tuple[int, int, int], params: dict, sections: dict[str, bytes
     E, lo, hi, root = (int(params[k]) for k in ("E", "lo", "hi", "root"))
     if E < 0 or lo > hi or not lo <= root <= hi:
         raise ValueError("bad nearlossless parameters")
-    vals = list(_read_varints(sections["nl.tab"]))
-    pos = 0
     models = []
-    for _ in range(P.N_CONTEXTS):
-        if pos >= len(vals):
-            raise ValueError("truncated tables")
-        n = vals[pos]
-        pos += 1
-        if n == 0:
+    for codes in _read_tables(sections["nl.tab"], P.N_CONTEXTS):
+        if codes is None:
             models.append(None)
             continue
-        if n > T.N_TOKENS or n < 2 or pos + n > len(vals):
+        if codes.size > T.N_TOKENS or codes.size < 2:
             raise ValueError("bad table length")
-        t = np.array(vals[pos:pos + n], dtype=np.int64)
-        pos += n
-        if t.sum() <= 0 or t.max() > 1 << 40:
-            raise ValueError("bad table")
+        t = count_value(codes)
+        if t.sum() <= 0:
+            raise ValueError("empty table")
         models.append(_model(t))
-    if pos != len(vals):
-        raise ValueError("trailing table bytes")
     rcb = sections["nl.rc"]
     if len(rcb) % 4:
         raise ValueError("range-coded stream length is not a multiple of 4")

@@ -21,8 +21,10 @@ lossless. Later passes predict from the *reconstructed* values, so the decoder, 
 computes the same predictions.
 
 The *context* of each predicted voxel (which frequency table codes its symbol) is computed from
-reconstructed data only: the level group, the local activity ``2|c - b| + |b - a| + |d - c|`` in units of
-``q``, and the magnitudes of the quantised residuals of ``b`` and ``c`` (bucketed, see :func:`contexts`).
+reconstructed data only: the level group, the local activity ``2|c - b| + |b - a| + |d - c|`` (where
+``a``/``d`` exist, else ``2|c - b|``, else 0) in units of ``q``, and the magnitudes of the quantised
+residuals of ``b`` and ``c`` plus ``floor(2 D / (4 axis))``, ``D`` the sum of the residual magnitudes of the
+``4 axis`` diagonal neighbours (bucketed, see :func:`contexts`).
 """
 
 from __future__ import annotations
@@ -99,6 +101,20 @@ def predict(R: np.ndarray, M: np.ndarray, p: Pass) -> tuple[np.ndarray, np.ndarr
             d_ = _shift(K, ax, 3, hi + 2)
             _shift(pred, ax, 1, hi)[...] = (9 * (b_ + c_) - a_ - d_ + 8) // 16
             _shift(act, ax, 1, hi)[...] += np.abs(b_ - a_) + np.abs(d_ - c_)
+    if ax > 0:
+        # plus the mean residual magnitude of the diagonal neighbours (pass axis -s/+s, axis e -s/+s) for
+        # each axis e refined earlier in this level (nearest index inside the volume at the borders)
+        kb = np.arange(t) * 2
+        kc = 2 * np.minimum(np.arange(t) + 1, m - 1)
+        diag = np.zeros_like(nres)
+        for e in range(ax):
+            ne = W.shape[e]
+            i = np.arange(ne)
+            lo, hi = np.maximum(i - 1, 0), np.minimum(i + 1, ne - 1)
+            for kk in (kb, kc):
+                plane = np.take(Mw, kk, axis=ax)
+                diag += np.take(plane, lo, axis=e).astype(np.int64) + np.take(plane, hi, axis=e)
+        nres += (2 * diag) // (4 * ax)
     idx = tuple(slice(None) if e != ax else slice(1, 2 * t, 2) for e in range(3))
     return pred, act, nres, idx
 
