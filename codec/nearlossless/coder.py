@@ -157,7 +157,7 @@ def encode(x: np.ndarray, E: int) -> tuple[dict, dict[str, bytes], np.ndarray]:
     return params, sections, _unmirror(R, x.shape, a)
 
 
-TRY_ALL_ORDERS = 1 << 21     # volumes up to this many voxels try all six axis orders
+TRY_ALL_ORDERS = (1 << 12, 1 << 21)     # volumes with this many voxels (min, max) try all six axis orders
 
 
 def axis_order(x: np.ndarray) -> list[int]:
@@ -180,7 +180,7 @@ def _encode_ordered(x: np.ndarray, E: int):
     import itertools
 
     orders = [axis_order(x)]
-    if x.size <= TRY_ALL_ORDERS:
+    if TRY_ALL_ORDERS[0] <= x.size <= TRY_ALL_ORDERS[1]:
         orders += [list(o) for o in itertools.permutations(range(3)) if list(o) != orders[0]]
     best = None
     for order in orders:
