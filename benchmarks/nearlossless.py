@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import classical  # noqa: E402
 
 import inrv  # noqa: E402
+from inrv.codec.metrics import psnr  # noqa: E402
 
 BOUNDED = ("quant-xz", "quant-zstd", "sz3-bound", "sperr-pwe", "jpegls-near")
 LOSSLESS_ONLY = ("jpeg2k-lossless", "jpegxl-lossless")
@@ -91,7 +92,7 @@ def _inrv_point(name: str, x: np.ndarray, E: int, tmp: str) -> dict:
     inrv.decompress(dst, out, force=True)
     td = time.perf_counter() - t0
     back = inrv.load(out).data
-    return {"codec": "inrv", "E": E, "bytes": os.path.getsize(dst),
+    return {"codec": "inrv", "E": E, "bytes": os.path.getsize(dst), "psnr": psnr(x, back),
             "max_err": int(np.max(np.abs(back.astype(np.int64) - x.astype(np.int64)))), "enc_s": te, "dec_s": td}
 
 
@@ -103,19 +104,29 @@ def _anchor_point(codec: str, x: np.ndarray, E: int) -> dict | None:
     except classical.Unsupported:
         return None
     err = int(np.max(np.abs(r.decoded.astype(np.int64) - x.astype(np.int64))))
-    return {"codec": codec, "E": E, "bytes": r.nbytes, "max_err": err, "enc_s": r.enc_s, "dec_s": r.dec_s}
+    return {"codec": codec, "E": E, "bytes": r.nbytes, "max_err": err, "enc_s": r.enc_s, "dec_s": r.dec_s,
+            "psnr": psnr(x, r.decoded)}
 
 
-def run(volumes: list[tuple[str, np.ndarray]], errors: list[int], quick: bool) -> list[dict]:
+def run(volumes: list[tuple[str, np.ndarray]], errors: list[int], quick: bool, reuse: list[dict] | None = None,
+        with_inrv: bool = True) -> list[dict]:
+    """All points; anchor points found in ``reuse`` (rows of an earlier CSV: same volume, codec, E) are
+    taken from there instead of being measured again."""
     rows = []
+    old = {(r["volume"], r["codec"], int(r["E"])): r for r in (reuse or []) if r["codec"] != "inrv"}
     with tempfile.TemporaryDirectory() as tmp:
         for name, x in volumes:
             for E in errors:
-                pts = [_inrv_point(name, x, E, tmp)]
+                pts = [_inrv_point(name, x, E, tmp)] if with_inrv else []
                 codecs = BOUNDED + (LOSSLESS_ONLY if E == 0 else ())
                 if E == 0:
                     codecs = tuple(c for c in codecs if c not in ("sperr-pwe",))   # SPERR has no lossless mode
                 for c in codecs:
+                    if (name, c, E) in old:
+                        r = old[(name, c, E)]
+                        pts.append({"codec": c, "E": E, "bytes": int(r["bytes"]), "max_err": int(r["max_err"]),
+                                    "enc_s": float(r["enc_s"]), "dec_s": float(r["dec_s"]), "psnr": float(r["psnr"])})
+                        continue
                     p = _anchor_point(c, x, E)
                     if p is not None:
                         pts.append(p)
@@ -123,7 +134,8 @@ def run(volumes: list[tuple[str, np.ndarray]], errors: list[int], quick: bool) -
                     p.update(volume=name, voxels=int(x.size), bpv=8.0 * p["bytes"] / x.size,
                              within=p["max_err"] <= E)
                     rows.append(p)
-                    print(f"{name:>14} E={E:<2} {p['codec']:>16} {p['bpv']:.4f} bpv  max|err| {p['max_err']}"
+                    print(f"{name:>14} E={E:<2} {p['codec']:>16} {p['bpv']:.4f} bpv  PSNR {p['psnr']:.2f} dB"
+                          f"  max|err| {p['max_err']}"
                           f"  enc {p['enc_s']:.2f} s dec {p['dec_s']:.2f} s", file=sys.stderr, flush=True)
     return rows
 
@@ -134,20 +146,22 @@ def table(rows: list[dict]) -> str:
         rs = [r for r in rows if r["volume"] == vol]
         codecs = list(dict.fromkeys(r["codec"] for r in rs if r["codec"] != "inrv"))
         out.append(f"\n### {vol} ({rs[0]['voxels']} voxels)\n")
-        out.append("| E | inrv bpv | inrv max err | best anchor | its bpv | inrv / best | "
+        out.append("| E | inrv bpv | inrv PSNR dB | inrv max err | best anchor | its bpv | inrv / best | "
                    + " | ".join(codecs) + " |")
-        out.append("|---" * (6 + len(codecs)) + "|")
+        out.append("|---" * (7 + len(codecs)) + "|")
         for E in dict.fromkeys(r["E"] for r in rs):
-            me = next(r for r in rs if r["E"] == E and r["codec"] == "inrv")
+            me = next((r for r in rs if r["E"] == E and r["codec"] == "inrv"), None)
+            if me is None:
+                continue
             anchors = [r for r in rs if r["E"] == E and r["codec"] != "inrv" and r["within"]]
             best = min(anchors, key=lambda r: r["bytes"]) if anchors else None
             cells = []
             for c in codecs:
                 r = next((r for r in rs if r["E"] == E and r["codec"] == c), None)
                 cells.append("-" if r is None else f"{r['bpv']:.3f}" + ("" if r["within"] else " (bound broken)"))
-            out.append(f"| {E} | **{me['bpv']:.3f}** | {me['max_err']} | {best['codec'] if best else '-'} | "
-                       f"{best['bpv']:.3f} | {me['bytes'] / best['bytes']:.3f} | " if best else
-                       f"| {E} | **{me['bpv']:.3f}** | {me['max_err']} | - | - | - | ")
+            head = f"| {E} | **{me['bpv']:.3f}** | {me['psnr']:.2f} | {me['max_err']} | "
+            out.append(head + (f"{best['codec']} | {best['bpv']:.3f} | {me['bytes'] / best['bytes']:.3f} | "
+                               if best else "- | - | - | "))
             out[-1] += " | ".join(cells) + " |"
     return "\n".join(out)
 
@@ -158,6 +172,9 @@ def main(argv=None) -> int:
     ap.add_argument("--phantom", action="store_true", help="add the 16-bit CT-like phantom")
     ap.add_argument("--errors", default="0,1,2,4,8", help="max errors E (stored units), comma-separated")
     ap.add_argument("--out", default=None, help="folder for nearlossless.md and nearlossless.csv")
+    ap.add_argument("--reuse", default=None, metavar="CSV",
+                    help="take the anchors' points from an earlier nearlossless.csv (measure only inrv again)")
+    ap.add_argument("--no-inrv", action="store_true", help="measure the anchors only")
     args = ap.parse_args(argv)
     vols = [_load(p) for p in args.volumes]
     if args.phantom:
@@ -170,7 +187,8 @@ def main(argv=None) -> int:
             f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC; 1 run per point; "
             "bpv from the real compressed bytes (inrv: the whole .inrv file)")
     print(head)
-    rows = run(vols, errors, quick=False)
+    reuse = list(csv.DictReader(open(args.reuse, encoding="utf-8"))) if args.reuse else None
+    rows = run(vols, errors, quick=False, reuse=reuse, with_inrv=not args.no_inrv)
     md = head + "\n" + table(rows) + "\n"
     print(md)
     if args.out:
@@ -178,7 +196,7 @@ def main(argv=None) -> int:
         with open(os.path.join(args.out, "nearlossless.md"), "w", encoding="utf-8") as f:
             f.write(md)
         with open(os.path.join(args.out, "nearlossless.csv"), "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=["volume", "codec", "E", "bytes", "voxels", "bpv", "max_err", "within",
+            w = csv.DictWriter(f, fieldnames=["volume", "codec", "E", "bytes", "voxels", "bpv", "psnr", "max_err", "within",
                                               "enc_s", "dec_s"])
             w.writeheader()
             for r in rows:

@@ -165,7 +165,8 @@ def encode(src: Path, output: Path | None, device: str | None, force: bool, as_j
     dst = output if output is not None else default_encode_output(src)
     if _same_path(src, dst):
         raise UsageError(f"the output {dst} is the input; choose another -o")
-    _check_device(device)
+    if config.model != "nearlossless":        # the nearlossless coder runs on numpy alone (no torch)
+        _check_device(device)
     log(f"inrv: {src} -> {dst}: model {config.model}, {config.steps} steps, device {device or 'auto'}", 1)
     log(f"inrv: config {config}", 2)
     with ProgressBar(desc=src.name, enabled=progress_enabled(progress)) as bar:

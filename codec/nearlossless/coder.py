@@ -2,9 +2,9 @@
 
 Byte layout of the three sections (docs/format.md, "The nearlossless family"):
 
-* ``nl.tab``  the frequency tables, one per context, as LEB128 varints: for each context id
-  ``0 .. N_CONTEXTS-1`` in order, ``n`` (the number of tokens in its table; 0 = context unused), then ``n``
-  counts (token 0 first). A count of 0 is allowed (the coder still gives it the smallest probability).
+* ``nl.tab``  the frequency tables, one per context: for each context id ``0 .. N_CONTEXTS-1`` in order,
+  a LEB128 varint ``n`` (tokens in its table; 0 = context unused), then ``n`` one-byte count codes
+  (:func:`count_code`). A count of 0 is allowed (the coder still gives it the smallest probability).
 * ``nl.rc``   the range-coded tokens (constriction's ``RangeEncoder``, 32-bit words, little-endian).
   Order: pass by pass (``predict.passes``); inside a pass, context by context in increasing id; inside a
   context, the pass's targets in C order. Each context's tokens use ``Categorical(counts, perfect=False)``.
@@ -111,7 +111,7 @@ def _model(counts: np.ndarray):
     return constriction.stream.model.Categorical(np.asarray(counts, dtype=np.float64), perfect=False)
 
 
-def _run_passes(shape, E: int, lo: int, hi: int, root: int, step):
+def _run_passes(shape, E: int, lo: int, hi: int, root: int, mode: int, step):
     """Drive the passes; ``step(pass, pred, ctx, idx) -> k`` supplies each pass's quantised residuals."""
     q = 2 * E + 1
     R = np.zeros(shape, dtype=np.int64)
@@ -119,7 +119,7 @@ def _run_passes(shape, E: int, lo: int, hi: int, root: int, step):
     R[0, 0, 0] = root
     for p in P.passes(shape):
         pred, act, nres, idx = P.predict(R, M, p)
-        ctx = P.contexts(p.level, act, nres, q)
+        ctx = P.contexts(p.level, act, nres, q, pred, mode)
         k = step(p, pred, ctx, idx)
         rec = pred + k * q if E else pred + k
         np.clip(rec, lo, hi, out=rec)
@@ -151,6 +151,14 @@ def encode(x: np.ndarray, E: int) -> tuple[dict, dict[str, bytes], np.ndarray]:
     a = mirror_axis(x)
     h = np.ascontiguousarray(x[_half(x.shape, a)]) if a >= 0 else x
     params, sections, R = _encode_ordered(h, E)
+    if E > 0:
+        # the other way to the same bound: quantise on a fixed grid first, then code the bin indices
+        # losslessly (better where noise is about as large as E: in-loop bins follow the prediction)
+        q, lo, hi = 2 * E + 1, int(h.min()), int(h.max())
+        gp, gs, gR = _encode_ordered((h - lo + E) // q, 0)
+        if _size(gs) < _size(sections):
+            gp["grid"] = [lo, q, hi]
+            params, sections, R = gp, gs, np.minimum(gR * q + lo, hi)
     if a < 0:
         return params, sections, R
     params["mirror"] = a
@@ -165,6 +173,10 @@ def axis_order(x: np.ndarray) -> list[int]:
     along the last axis): axes sorted by decreasing mean absolute difference between neighbours."""
     rough = [float(np.abs(np.diff(x, axis=a)).mean()) if x.shape[a] > 1 else -1.0 for a in range(3)]
     return sorted(range(3), key=lambda a: (-rough[a], a))
+
+
+def _size(sections: dict[str, bytes]) -> int:
+    return sum(len(b) for b in sections.values()) - len(sections["nl.tab"]) + _stored_len(sections["nl.tab"])
 
 
 def _stored_len(b: bytes) -> int:
@@ -185,7 +197,7 @@ def _encode_ordered(x: np.ndarray, E: int):
     best = None
     for order in orders:
         params, sections, R = _encode(np.ascontiguousarray(np.transpose(x, order)), E)
-        size = sum(len(b) for b in sections.values()) - len(sections["nl.tab"]) + _stored_len(sections["nl.tab"])
+        size = _size(sections)
         if best is None or size < best[0]:
             best = (size, order, params, sections, R)
     _, order, params, sections, R = best
@@ -219,7 +231,9 @@ def _encode(x: np.ndarray, E: int) -> tuple[dict, dict[str, bytes], np.ndarray]:
         per_pass.append((c[order], tok[order], raw[order], nb[order]))
         return k
 
-    R = _run_passes(x.shape, E, lo, hi, root, step)
+    vals, counts = np.unique(x, return_counts=True)
+    mode = int(vals[np.argmax(counts)])
+    R = _run_passes(x.shape, E, lo, hi, root, mode, step)
     # tables
     hist = np.zeros((P.N_CONTEXTS, T.N_TOKENS), dtype=np.int64)
     for c, tok, _, _ in per_pass:
@@ -254,7 +268,7 @@ def _encode(x: np.ndarray, E: int) -> tuple[dict, dict[str, bytes], np.ndarray]:
         nbs.append(nb)
     rc = np.asarray(enc.get_compressed(), dtype="<u4").tobytes()
     rawb = T.pack_bits(np.concatenate(raws), np.concatenate(nbs)) if raws else b""
-    params = {"E": int(E), "lo": lo, "hi": hi, "root": root}
+    params = {"E": int(E), "lo": lo, "hi": hi, "root": root, "mode": mode}
     return params, {"nl.tab": _tables_bytes(flat), "nl.rc": rc, "nl.raw": rawb}, R
 
 
@@ -269,6 +283,11 @@ def decode(shape: tuple[int, int, int], params: dict, sections: dict[str, bytes]
         raise ValueError("bad axis order")
     half = tuple((n + 1) // 2 if b == a else n for b, n in enumerate(shape))
     coded = _decode(tuple(half[o] for o in order), params, sections)
+    if "grid" in params:
+        g0, gq, g1 = (int(v) for v in params["grid"])
+        if gq < 1 or g0 > g1:
+            raise ValueError("bad grid")
+        coded = np.minimum(coded * gq + g0, g1)
     R = np.transpose(coded, np.argsort(order))
     return R if a == -1 else _unmirror(R, shape, a)
 
@@ -319,7 +338,10 @@ def _decode(shape: tuple[int, int, int], params: dict, sections: dict[str, bytes
         k[order] = k_sorted
         return k.reshape(pred.shape)
 
-    return _run_passes(tuple(shape), E, lo, hi, root, step)
+    mode = int(params["mode"])
+    if not lo <= mode <= hi:
+        raise ValueError("bad mode")
+    return _run_passes(tuple(shape), E, lo, hi, root, mode, step)
 
 
 def _take_bits(allbits: np.ndarray, nbits: np.ndarray, state: dict) -> np.ndarray:

@@ -40,7 +40,8 @@ RES_EDGES = np.array([1, 2, 4, 8], dtype=np.int64)
 N_ACT = len(ACT_EDGES) + 1
 N_RES = len(RES_EDGES) + 1
 N_LEVEL_GROUPS = 3
-N_CONTEXTS = N_LEVEL_GROUPS * N_ACT * N_RES
+N_MODE = 4                      # prediction vs the volume's most frequent value: far, mode-1, mode, mode+1
+N_CONTEXTS = N_LEVEL_GROUPS * N_ACT * N_RES * N_MODE
 
 
 @dataclass(frozen=True)
@@ -119,12 +120,16 @@ def predict(R: np.ndarray, M: np.ndarray, p: Pass) -> tuple[np.ndarray, np.ndarr
     return pred, act, nres, idx
 
 
-def contexts(level: int, act: np.ndarray, nres: np.ndarray, q: int) -> np.ndarray:
-    """Context ids (0 .. N_CONTEXTS-1) from the activity and neighbour residual magnitudes."""
+def contexts(level: int, act: np.ndarray, nres: np.ndarray, q: int, pred: np.ndarray, mode: int) -> np.ndarray:
+    """Context ids (0 .. N_CONTEXTS-1) from the activity, the neighbour residual magnitudes and where the
+    prediction lies against ``mode``, the most frequent value (background, air: a bias that depends on
+    the level, which the residual alone does not show)."""
     a = np.searchsorted(ACT_EDGES, act // q, side="right")
     r = np.searchsorted(RES_EDGES, nres, side="right")
     g = min(level, N_LEVEL_GROUPS - 1)
-    return (g * N_ACT + a) * N_RES + r
+    d = pred - mode
+    f = np.where(np.abs(d) <= 1, d + 2, 0)
+    return (((g * N_ACT + a) * N_RES + r) * N_MODE) + f
 
 
 def quantise(r: np.ndarray, E: int) -> np.ndarray:
@@ -133,3 +138,4 @@ def quantise(r: np.ndarray, E: int) -> np.ndarray:
     q = 2 * E + 1
     k = (np.abs(r) + E) // q
     return np.where(r < 0, -k, k)
+

@@ -91,25 +91,3 @@ def pack_bits(values: np.ndarray, nbits: np.ndarray) -> bytes:
     valid = shifts >= 0
     bits = (v[:, None] >> np.clip(shifts, 0, 63).astype(np.uint64)) & np.uint64(1)
     return np.packbits(bits[valid].astype(np.uint8)).tobytes()
-
-
-def unpack_bits(data: bytes, nbits: np.ndarray, offset: int) -> tuple[np.ndarray, int]:
-    """Read values of ``nbits[i]`` bits each starting at bit ``offset``; returns ``(values, new_offset)``."""
-    nbits = nbits.astype(np.int64)
-    out = np.zeros(nbits.shape, dtype=np.uint64)
-    total = int(nbits.sum())
-    if total == 0:
-        return out, offset
-    allbits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
-    if offset + total > allbits.size:
-        raise ValueError("raw-bit stream too short")
-    keep = nbits > 0
-    nb = nbits[keep]
-    width = int(nb.max())
-    starts = offset + np.concatenate(([0], np.cumsum(nb)[:-1]))
-    pos = starts[:, None] + np.arange(width)[None, :]
-    valid = np.arange(width)[None, :] < nb[:, None]
-    b = np.where(valid, allbits[np.minimum(pos, allbits.size - 1)], 0).astype(np.uint64)
-    weights = np.where(valid, nb[:, None] - 1 - np.arange(width)[None, :], 0).astype(np.uint64)
-    out[keep] = np.sum(b << weights, axis=1, dtype=np.uint64)
-    return out, offset + total

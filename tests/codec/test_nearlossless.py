@@ -233,3 +233,14 @@ def test_cli_max_error_and_usage_errors(tmp_path):
         assert r.exit_code == 2, (extra, r.output)
         assert "Traceback" not in r.output
     assert not (tmp_path / "c.inrv").exists()
+
+
+def test_grid_mode_is_used_where_smaller_and_keeps_the_bound():
+    # CT air: a flat level with noise about as large as E, where binning first beats in-loop bins
+    rng = np.random.default_rng(11)
+    x = np.rint(-1000 + rng.normal(0, 3.6, (24, 24, 24))).astype(np.int16)
+    x[0, 0, 0] = -1024
+    y, enc = roundtrip(x, 4)
+    assert "grid" in enc.config and max_err(x, y) <= 4
+    near = NearLosslessModel().fit(x, NearLosslessConfig(max_error=4))
+    assert near.payload_bytes <= roundtrip(x, 0)[1].payload_bytes
