@@ -169,7 +169,6 @@ def run_inrv_point(src: str, ref: np.ndarray, name: str, preset: str, overrides:
                    device: str | None, with_ssim: bool) -> Row:
     """Compress ``src`` through the public API into a real .inrv file, decode it back, measure."""
     import inrv
-    from inrv.formats.io import restore_dtype
 
     param = ",".join(f"{k}={v}" for k, v in overrides.items()) or "preset defaults"
     cid = _curve_id(preset, overrides)
@@ -185,11 +184,11 @@ def run_inrv_point(src: str, ref: np.ndarray, name: str, preset: str, overrides:
         nbytes = os.path.getsize(path)
         f = inrv.read(path)
         t0 = time.perf_counter()
-        arr = restore_dtype(inrv.decode(f.encoded, device=device), f.intensity)
+        arr = inrv.restore(path, device=device).data
         row.dec_s = time.perf_counter() - t0
-    # summary["seconds"] = load + fit (what a user waits for before the file exists); wall also has
+    # summary.seconds = load + fit (what a user waits for before the file exists); wall also has
     # compress()'s own quality check and the write.
-    row.enc_s = float(summary.get("seconds", wall))
+    row.enc_s = float(summary.seconds if summary.seconds is not None else wall)
     row.bytes, row.voxels = nbytes, ref.size
     arr = np.asarray(arr)
     if arr.shape != ref.shape:
@@ -199,7 +198,7 @@ def run_inrv_point(src: str, ref: np.ndarray, name: str, preset: str, overrides:
     row.device = _device_name(device)
     if torch is not None and row.device.startswith("cuda"):
         row.peak_gpu_mib = torch.cuda.max_memory_allocated() / 2**20
-    row.note = f"steps={summary.get('steps', f.encoded.stats.get('steps', ''))}"
+    row.note = f"steps={f.encoded.stats.get('steps', '')}"
     return row
 
 

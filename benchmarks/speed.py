@@ -211,7 +211,7 @@ def run_volume(args, device: str) -> dict:
         "peak_gpu_gb": peak_gpu, "peak_tensor_gb_encode": tp["gb"], "peak_rss_mb": _rss_mb(), "psnr": q.get("psnr"), "ssim": q.get("ssim"),
         "bpv": 8.0 * nbytes / x.size, "file_bytes": nbytes, "params": st.get("params"),
         "blocks": st.get("blocks"), "active_blocks": st.get("active_blocks"), "block_edge_voxels": edges,
-        **seam_psnr(x, y, edges), "targets": TARGETS, "summary_psnr": summary.get("psnr"),
+        **seam_psnr(x, y, edges), "targets": TARGETS, "summary_psnr": summary.psnr,
     }
 
 

@@ -1,4 +1,4 @@
-"""The ``inrv`` command: ``encode``, ``decode``, ``info`` (and ``batch``, registered from ``cli/batch.py``).
+"""The ``inrv`` command: ``encode``, ``decode``, ``info`` and ``batch`` (the ``cli/batch/`` package).
 
 A thin click layer over the public API (:func:`inrv.compress`, :func:`inrv.decompress`, :func:`inrv.info`).
 Conventions (zstd / dcm2niix style, see ``docs/cli.md``):
@@ -23,6 +23,8 @@ import click
 
 from .. import __version__
 from ..errors import InputError, UsageError
+from ..formats.discovery import strip_volume_suffix
+from .batch import batch
 from .options import (InrvGroup, ProgressBar, build_config, device_option, encoding_options, force_option,
                       json_option, log, progress_enabled, progress_option, report_error, verbosity,
                       verbosity_options)
@@ -30,8 +32,6 @@ from .output import decode_summary_line, dumps, encode_summary_line, info_text
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
-# suffixes of volume files, longest first (an encode output replaces them with .inrv)
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 # source kind recorded in an .inrv file -> suffix of the default decode output (None: a DICOM folder)
 DECODE_SUFFIX = {"nifti1": ".nii.gz", "nifti2": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha", "dicom": None}
 
@@ -65,10 +65,9 @@ def main() -> None:
     """
 
 
-# `inrv batch` lives in cli/batch.py (discovery, manifest, Dask driver in cli/batch_engine.py)
-from .batch import batch  # noqa: E402
-
-main.add_command(batch)
+main.add_command(batch)       # the cli/batch/ package: discovery, plan, Dask driver, report
+from .tune import tune  # noqa: E402  (inrv tune: the paper's trade-off point method, cli/tune.py)
+main.add_command(tune)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -76,6 +75,15 @@ main.add_command(batch)
 def _require_input(path: Path) -> None:
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
+
+
+def _is_dicom_input(path: Path) -> bool:
+    """A folder, or a file that sniffs as DICOM: ``inrv info`` lists its series instead of reading .inrv."""
+    if path.is_dir():
+        return True
+    from ..formats.dicom import looks_like_dicom
+
+    return path.is_file() and path.suffix.lower() != ".inrv" and looks_like_dicom(path)
 
 
 def _refuse_inrv_input(path: Path) -> None:
@@ -92,10 +100,9 @@ def _refuse_inrv_input(path: Path) -> None:
 
 
 def _strip_volume_suffix(path: Path) -> Path:
-    name = path.name
-    for suffix in VOLUME_SUFFIXES:
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            return path.with_name(name[: -len(suffix)])
+    stripped = strip_volume_suffix(path.name)
+    if stripped != path.name:
+        return path.with_name(stripped)
     return path.with_name(path.stem) if path.suffix and path.is_file() else path
 
 
@@ -140,13 +147,16 @@ def _source_kind(info: dict[str, Any]) -> str | None:
 @click.argument("src", metavar="IN", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Output .inrv file (default: IN with its suffix replaced by .inrv).")
+@click.option("--series", default=None, metavar="N|UID",
+              help="For a DICOM folder holding several series: the one to encode, by its index in "
+                   "`inrv info FOLDER` or its SeriesInstanceUID.")
 @encoding_options
 @force_option
 @json_option
 @progress_option
 @verbosity_options
 def encode(src: Path, output: Path | None, device: str | None, force: bool, as_json: bool,
-           progress: bool | None, keep_private: bool, **opts: Any) -> None:
+           progress: bool | None, keep_private: bool, series: str | None = None, **opts: Any) -> None:
     """Compress a volume IN (NIfTI, NRRD, MHA file or DICOM series folder) into an .inrv file.
 
     Prints a progress bar while training and a one-line summary (size, bits per voxel, PSNR, SSIM,
@@ -171,12 +181,9 @@ def encode(src: Path, output: Path | None, device: str | None, force: bool, as_j
     log(f"inrv: config {config}", 2)
     with ProgressBar(desc=src.name, enabled=progress_enabled(progress)) as bar:
         summary = inrv.compress(src, dst, config, device=device, progress=bar, force=force,
-                                keep_private=keep_private)
-    summary = dict(summary)
-    summary.setdefault("input", str(src))
-    summary.setdefault("output", str(dst))
+                                keep_private=keep_private, series=series)
     if as_json:
-        click.echo(dumps(summary))
+        click.echo(dumps({**summary.to_dict(), "input": str(src), "output": str(dst)}))
     else:
         log(encode_summary_line(src, dst, summary))
 
@@ -227,7 +234,7 @@ def decode(src: Path, output: Path | None, shape: tuple[int, int, int] | None, d
 
     _require_input(src)
     if output is None:
-        output = default_decode_output(src, _source_kind(inrv.info(src)))
+        output = default_decode_output(src, _source_kind(inrv.info(src).details))
     if _same_path(src, output):
         raise UsageError(f"the output {output} is the input; choose another -o")
     _check_device(device)
@@ -249,7 +256,8 @@ def decode(src: Path, output: Path | None, shape: tuple[int, int, int] | None, d
 @json_option
 @verbosity_options
 def info(files: tuple[Path, ...], as_json: bool) -> None:
-    """Describe .inrv files without decoding them (no torch needed; fast).
+    """Describe .inrv files without decoding them (no torch needed; fast); for a DICOM folder (or one of its
+    files), list the image series it holds (index, modality, size, UID) and the files skipped, with why.
 
     Human-readable blocks, or with --json one JSON object per file, one per line (JSON Lines; a single
     file gives a single JSON document). A bad file prints one error line and sets the exit code (2),
@@ -262,7 +270,14 @@ def info(files: tuple[Path, ...], as_json: bool) -> None:
     for path in files:
         try:
             _require_input(path)
-            d = dict(inrv.info(path))
+            if _is_dicom_input(path):
+                from ..formats.dicom import describe_folder, describe_folder_text
+
+                d = describe_folder(path)
+                click.echo(dumps(d) if as_json else describe_folder_text(d))
+                printed = True
+                continue
+            d = inrv.info(path).to_dict()
         except Exception as exc:  # noqa: BLE001 - reported per file; the others still run
             worst = max(worst, report_error(exc, verbosity()))
             continue
@@ -278,5 +293,5 @@ def info(files: tuple[Path, ...], as_json: bool) -> None:
         click.get_current_context().exit(worst)
 
 
-if __name__ == "__main__":  # pragma: no cover
+if __name__ == "__main__":  # pragma: no cover - python -m inrv.cli.main; see also cli/__main__.py
     main()

@@ -254,7 +254,9 @@ def _chain(exc: BaseException):
         exc = exc.__cause__ or exc.__context__
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_out_of_memory(exc: BaseException) -> bool:
+    """The one out-of-memory test: ``MemoryError``, torch's ``OutOfMemoryError`` (CUDA), or a RuntimeError
+    whose message says the allocator failed (CPU tensors)."""
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return True
     if isinstance(exc, RuntimeError):
@@ -281,7 +283,7 @@ def classify_error(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED, "interrupted"
     for e in _chain(exc):
-        if _is_oom(e):
+        if is_out_of_memory(e):
             return EXIT_FAILED, ("out of memory: try --device cpu, a smaller preset or a smaller volume "
                                  f"({one_line(e, 200) or type(e).__name__})")
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
@@ -305,7 +307,7 @@ def report_error(exc: BaseException, verbose: int = 0) -> int:
     code, message = classify_error(exc)
     if verbose > 0 and not isinstance(exc, KeyboardInterrupt):
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-    elif code == EXIT_FAILED and not isinstance(exc, InrvError) and not _is_oom(exc):
+    elif code == EXIT_FAILED and not isinstance(exc, InrvError) and not is_out_of_memory(exc):
         message += " (run with -v for the traceback)"
     prefix = f"{PROG}: " if code == EXIT_INTERRUPTED else f"{PROG}: error: "
     try:

@@ -40,6 +40,7 @@ import msgpack
 import zstandard
 
 from ..errors import ChecksumError, FormatError, InputError, LimitError, UnsupportedVersionError
+from .discovery import has_dicom_preamble
 
 MAGIC = b"\x89INRV\r\n\x1a\n"
 FORMAT_MAJOR = 1
@@ -216,7 +217,7 @@ def describe_foreign(buf: bytes) -> str:
         return "a gzip file (e.g. .nii.gz)"
     if len(b) >= 4 and struct.unpack("<i", b[:4])[0] in (348, 540) or b[:4] in (b"\x00\x00\x01\x5c", b"\x00\x00\x02\x1c"):
         return "a NIfTI file"
-    if b[128:132] == b"DICM":
+    if has_dicom_preamble(b):
         return "a DICOM file"
     if b[:4] == b"NRRD":
         return "an NRRD file"

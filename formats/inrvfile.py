@@ -1,4 +1,4 @@
-"""``.inrv`` files: an :class:`~inrv.codec.base.Encoded` plus the original volume's facts.
+"""``.inrv`` files: an :class:`~inrv.encoded.Encoded` plus the original volume's facts.
 
     n = write_inrv("scan.inrv", encoded, volume)    # bytes written (atomic; voxels are not stored)
     f = read_inrv("scan.inrv")                      # validated, checksummed -> InrvFile
@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..codec.base import Encoded, list_models
+from ..encoded import Encoded, list_models
 from ..errors import FormatError, InputError, LimitError, UnsupportedVersionError
 from .atomic import atomic_output
+from .jsonsafe import jsonable as _jsonable
 from .container import (DEFAULT_LIMITS, MAGIC, Layout, Limits, decode_sections, describe_foreign, pack,
                         read_header)
 from .volume import SUPPORTED_DTYPES, Geometry, Intensity, Volume
@@ -344,19 +345,6 @@ def inrv_info(path: str | os.PathLike | bytes, *, limits: Limits | None = None) 
     if p["features"]:
         d["features"] = p["features"]
     return d
-
-
-def _jsonable(v: Any) -> Any:
-    """bytes -> '<N bytes>', non-finite floats -> 'inf'/'-inf'/'nan' (strict JSON)."""
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, bytes):
-        return f"<{len(v)} bytes>"
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    return v
 
 
 def _size(n: float) -> str:

@@ -19,18 +19,15 @@ import numpy as np
 
 from ..errors import InputError, InrvError, RunError, UsageError
 from .atomic import atomic_output
+from .dicom import looks_like_dicom_head
+from .discovery import VOLUME_SUFFIXES, has_dicom_preamble, looks_like_dicom, volume_suffix
 from .volume import SUPPORTED_DTYPES, Intensity, Volume
 
-_SUFFIXES = {".nii": "nifti", ".nii.gz": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "mha",
-             ".mhd": "mha", ".dcm": "dicom"}
 _WRITE_ONLY_SINGLE = {".nhdr": ".nrrd", ".mhd": ".mha", ".dcm": "a folder"}
 
 
 def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    if name.endswith(".nii.gz"):
-        return ".nii.gz"
-    return path.suffix.lower()
+    return volume_suffix(path.name) or path.suffix.lower()
 
 
 def format_for_path(path: str | os.PathLike) -> str:
@@ -42,8 +39,8 @@ def format_for_path(path: str | os.PathLike) -> str:
     if p.is_dir():
         return "dicom"
     suffix = _suffix(p)
-    if suffix in _SUFFIXES:
-        return _SUFFIXES[suffix]
+    if suffix in VOLUME_SUFFIXES:
+        return VOLUME_SUFFIXES[suffix]
     if suffix == "":
         return "dicom"
     raise UsageError(f"{p}: unknown format {suffix!r}; use .nii, .nii.gz, .nrrd, .mha, or for a DICOM series "
@@ -57,7 +54,7 @@ def _sniff(path: Path) -> str | None:
             head = f.read(544)
     except OSError as e:
         raise InputError(f"{path}: cannot open: {e.strerror or e}") from None
-    if head[128:132] == b"DICM":
+    if has_dicom_preamble(head) or looks_like_dicom_head(head):
         return "dicom"
     if head[:2] == b"\x1f\x8b":
         return None  # gzip of something: only trusted with a .nii.gz name
@@ -68,12 +65,13 @@ def _sniff(path: Path) -> str | None:
     return None
 
 
-def read_volume(path: str | os.PathLike, *, keep_private: bool = False) -> Volume:
+def read_volume(path: str | os.PathLike, *, keep_private: bool = False, series: str | int | None = None) -> Volume:
     """Read a 3D volume: NIfTI file, DICOM series folder (or one of its files), NRRD or MetaImage.
 
     ``Volume.data`` holds the stored values in their original dtype, (x, y, z) index order; geometry is
     LPS. ``keep_private=True`` keeps identifying free text / tags (NIfTI ``descrip``..., DICOM patient and
-    study tags) that are otherwise blanked or dropped."""
+    study tags) that are otherwise blanked or dropped. ``series`` picks one DICOM series of a folder that holds
+    several (1-based index or SeriesInstanceUID; ``inrv info FOLDER`` lists them)."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
@@ -94,7 +92,7 @@ def read_volume(path: str | os.PathLike, *, keep_private: bool = False) -> Volum
         if fmt == "nifti":
             vol = read_nifti(p, keep_private=keep_private)
         elif fmt == "dicom":
-            vol = read_dicom(p, keep_private=keep_private)
+            vol = read_dicom(p, keep_private=keep_private, series=series)
         else:
             vol = read_sitk(p, fmt)
     except InrvError:
@@ -157,13 +155,7 @@ def _is_dicom_folder(folder: Path) -> bool:
     for entry in folder.iterdir():
         if not entry.is_file() or entry.is_symlink():
             return False
-        if entry.suffix.lower() == ".dcm":
-            continue
-        try:
-            with open(entry, "rb") as f:
-                if f.read(132)[128:132] != b"DICM":
-                    return False
-        except OSError:
+        if not looks_like_dicom(entry):
             return False
     return True
 

@@ -6,9 +6,13 @@ The public API, a few lines each over ``inrv.formats`` (files) and ``inrv.codec`
     vol = inrv.load("scan.nii.gz")                  # Volume: voxels + geometry + intensity facts
     enc = inrv.encode(vol, "paper", steps=2000)     # Encoded: model id, config, byte sections
     arr = inrv.decode(enc)                          # float32 array in the original units
-    inrv.compress("scan.nii.gz", "scan.inrv")       # file -> .inrv, returns a summary dict
-    inrv.decompress("scan.inrv", "out.nii.gz")      # .inrv -> file, original dtype and geometry
-    inrv.info("scan.inrv")                          # header facts, bits per voxel from the file size
+    s = inrv.compress("scan.nii.gz", "scan.inrv")   # file -> .inrv, returns a Summary (s.bpv, s.psnr ...)
+    vol = inrv.restore("scan.inrv")                 # .inrv -> Volume in memory, original dtype and geometry
+    inrv.decompress("scan.inrv", "out.nii.gz")      # .inrv -> file, the same Volume written out
+    inrv.info("scan.inrv")                          # Summary: header facts, bits per voxel from the file size
+
+``Summary`` (``inrv/summary.py``) is the fixed schema of what ``compress`` and ``info`` return: typed
+fields (``bpv``, ``psnr``, ``file_bytes`` ...) plus ``to_dict()``, the ``inrv info --json`` document.
 
 torch is imported only when a model is fitted or rendered.
 """
@@ -21,16 +25,18 @@ from typing import Any
 
 import numpy as np
 
-from .codec.base import Encoded, Progress, get_model, list_models
+from .codec.base import get_model
+from .encoded import Encoded, Progress, list_models
 from .codec.config import PRESETS, LatentConfig, PaperConfig, make_config
 from .errors import (ChecksumError, DeviceError, FormatError, InputError, InrvError, LimitError, RunError,
                      UnsupportedVersionError, UsageError)
 from .formats.volume import Geometry, Intensity, Volume
+from .summary import Summary
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "encode", "decode", "load", "save", "compress", "decompress", "read", "info",
+    "encode", "decode", "load", "save", "compress", "decompress", "restore", "read", "info", "Summary",
     "Encoded", "Volume", "Geometry", "Intensity", "PaperConfig", "LatentConfig", "PRESETS", "make_config",
     "list_models", "InrvError", "InputError", "FormatError", "ChecksumError", "UnsupportedVersionError",
     "LimitError", "UsageError", "DeviceError", "RunError", "__version__",
@@ -55,11 +61,11 @@ def decode(encoded: Encoded, shape: tuple[int, int, int] | None = None, *, devic
     return get_model(encoded.model).render(encoded, shape=shape, device=device)
 
 
-def load(path: str | os.PathLike, *, keep_private: bool = False) -> Volume:
+def load(path: str | os.PathLike, *, keep_private: bool = False, series: str | int | None = None) -> Volume:
     """Read a NIfTI file, a DICOM series folder, an NRRD or an MHA file."""
     from .formats.io import read_volume
 
-    return read_volume(path, keep_private=keep_private)
+    return read_volume(path, keep_private=keep_private, series=series)
 
 
 def save(volume: Volume, path: str | os.PathLike, *, force: bool = False) -> None:
@@ -77,25 +83,26 @@ def read(path: str | os.PathLike):
     return read_inrv(path)
 
 
-def info(path: str | os.PathLike) -> dict[str, Any]:
-    """What ``inrv info --json`` prints: header facts, sizes, bits per voxel from the real file size."""
+def info(path: str | os.PathLike) -> Summary:
+    """What ``inrv info`` shows: header facts, sizes, encode-time metrics, bits per voxel from the real
+    file size (checksums verified, nothing decoded, no torch). ``info(p).to_dict()`` is ``inrv info --json``."""
     from .formats.inrvfile import inrv_info
 
-    return inrv_info(path)
+    return Summary.from_info(inrv_info(path))
 
 
 def compress(src: str | os.PathLike, dst: str | os.PathLike, config: Any = None, *, device: str | None = None,
              progress: Progress | None = None, force: bool = False, keep_private: bool = False,
-             **overrides: Any) -> dict[str, Any]:
-    """Encode a volume file into an ``.inrv`` file; returns ``info(dst)`` plus encode metrics."""
+             series: str | int | None = None, **overrides: Any) -> Summary:
+    """Encode a volume file into an ``.inrv`` file; returns its :class:`Summary` (``seconds``: load + fit)."""
     from .codec.metrics import quality
     from .formats.atomic import check_writable
-    from .formats.inrvfile import write_inrv
+    from .formats.inrvfile import inrv_info, write_inrv
     from .formats.io import restore_dtype
 
     check_writable(dst, force)  # fail before training, not after
     t0 = time.perf_counter()
-    vol = load(src, keep_private=keep_private)
+    vol = load(src, keep_private=keep_private, series=series)
     enc = encode(vol, config, device=device, progress=progress, **overrides)
     seconds = time.perf_counter() - t0
     # the model decoded itself while fitting: reuse that reconstruction rather than decoding again
@@ -107,9 +114,7 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, config: Any = None,
     enc.stats["encode_seconds"] = seconds
     enc = _never_larger_than_lossless(enc, vol)
     write_inrv(dst, enc, vol, force=force)
-    summary = info(dst)
-    summary["seconds"] = seconds
-    return summary
+    return Summary.from_info(inrv_info(dst), seconds=seconds)
 
 
 def _never_larger_than_lossless(enc: Encoded, vol: Volume) -> Encoded:
@@ -128,15 +133,14 @@ def _never_larger_than_lossless(enc: Encoded, vol: Volume) -> Encoded:
     return alt if len(to_bytes(alt, vol)) < len(to_bytes(enc, vol)) else enc
 
 
-def decompress(src: str | os.PathLike, dst: str | os.PathLike, *, shape: tuple[int, int, int] | None = None,
-               device: str | None = None, force: bool = False) -> Volume:
-    """Decode an ``.inrv`` file into a volume file with the original dtype and geometry."""
-    from .formats.atomic import check_writable
+def restore(src: str | os.PathLike, *, shape: tuple[int, int, int] | None = None,
+            device: str | None = None) -> Volume:
+    """Decode an ``.inrv`` file into memory: a :class:`Volume` with the original dtype, geometry and
+    intensity facts (what :func:`decompress` writes). ``shape`` renders another grid over the same field
+    of view (the geometry follows: spacing scaled, origin moved to the new first voxel centre)."""
+    from .formats.container import DEFAULT_LIMITS
     from .formats.io import restore_dtype
 
-    from .formats.container import DEFAULT_LIMITS
-
-    check_writable(dst, force)
     f = read(src)
     if shape is not None:
         shape = tuple(int(v) for v in shape)
@@ -151,7 +155,17 @@ def decompress(src: str | os.PathLike, dst: str | os.PathLike, *, shape: tuple[i
     source = dict(f.source)
     raw_bytes = int(np.prod(f.encoded.shape)) * np.dtype(f.intensity.dtype).itemsize
     source["lossy"] = {"lossy_ratio": raw_bytes / max(1, f.file_bytes)}
-    vol = Volume(data=data, geometry=geometry, intensity=f.intensity, source=source)
+    return Volume(data=data, geometry=geometry, intensity=f.intensity, source=source)
+
+
+def decompress(src: str | os.PathLike, dst: str | os.PathLike, *, shape: tuple[int, int, int] | None = None,
+               device: str | None = None, force: bool = False) -> Volume:
+    """Decode an ``.inrv`` file into a volume file with the original dtype and geometry
+    (:func:`restore`, then :func:`save`); returns the volume written."""
+    from .formats.atomic import check_writable
+
+    check_writable(dst, force)
+    vol = restore(src, shape=shape, device=device)
     save(vol, dst, force=force)
     return vol
 

@@ -21,25 +21,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..base import Encoded, Progress
+from ...encoded import Encoded, Progress
+from .config import NearLosslessConfig  # noqa: F401  (re-exported)
 
 PAYLOAD_VERSION = 1
 MAX_INDEX = 1 << 50          # float data: grid indices beyond this cannot be coded exactly
-
-
-@dataclass(frozen=True)
-class NearLosslessConfig:
-    """Guaranteed maximum absolute error ``max_error`` in stored units (0 = lossless)."""
-
-    model: str = "nearlossless"
-    max_error: float = 0.0
-    seed: int = 0                   # unused (deterministic); kept so that --seed is harmless
-    steps: int = 0                  # unused: there is no training
 
 
 def _stats(x: np.ndarray, rec: np.ndarray, bound: float, t0: float) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Tests of ``inrv batch`` (cli/batch.py, cli/batch_engine.py).
+"""Tests of ``inrv batch`` (the cli/batch/ package).
 
 Two kinds:
 
@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import phantom
 
 import inrv
-from inrv.cli import batch_engine as E
+from inrv.cli import batch as E
 from inrv.errors import FormatError, InputError
 from inrv.formats.atomic import atomic_output
 
@@ -41,19 +42,10 @@ def _write_image(path: Path, arr: np.ndarray, spacing=(1.0, 1.0, 2.0)) -> None:
     sitk.WriteImage(img, str(path))
 
 
-def _phantom(n: int, seed: int) -> np.ndarray:
-    """A smooth blob plus a little noise, int16 (z, y, x)."""
-    rng = np.random.default_rng(seed)
-    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n),) * 3, indexing="ij")
-    c = rng.uniform(-0.3, 0.3, 3)
-    blob = 800 * np.exp(-((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) / 0.3)
-    return (blob + rng.normal(0, 5, blob.shape)).astype(np.int16)
-
-
 def _dicom_series(folder: Path, uid: str, n: int = 4, size: int = 8, prefix: str = "im", seed: int = 0) -> None:
     """A DICOM series of ``n`` slices written with SimpleITK (consistent Study/Series/SOP UIDs)."""
     folder.mkdir(parents=True, exist_ok=True)
-    vol = _phantom(size, seed)[:n]
+    vol = phantom("int16", (size,) * 3, seed)[:n]
     for k in range(n):
         img = sitk.GetImageFromArray(vol[k:k + 1])
         img.SetSpacing((1.0, 1.0, 2.0))
@@ -82,11 +74,11 @@ def make_archive(root: Path, n_nifti: int = 7, size: int = 8, two_series: bool =
     expected = {}
     for i in range(n_nifti):
         rel = f"sub-{i % 3}/ses-{i}/scan{i}.nii.gz"
-        _write_image(root / rel, _phantom(size, i))
+        _write_image(root / rel, phantom("int16", (size,) * 3, i))
         expected[rel] = rel[: -len(".nii.gz")] + ".inrv"
-    _write_image(root / "other/vol.nrrd", _phantom(size, 100))
+    _write_image(root / "other/vol.nrrd", phantom("int16", (size,) * 3, 100))
     expected["other/vol.nrrd"] = "other/vol.inrv"
-    _write_image(root / "other/vol2.mha", _phantom(size, 101))
+    _write_image(root / "other/vol2.mha", phantom("int16", (size,) * 3, 101))
     expected["other/vol2.mha"] = "other/vol2.inrv"
     (root / "broken").mkdir()
     (root / "broken/corrupt.nii.gz").write_bytes(b"this is not a nifti file, just corrupt bytes" * 10)
@@ -115,14 +107,16 @@ def fake_compress(src, dst, config=None, *, device=None, progress=None, force=Fa
         tmp.write_bytes(FAKE_MAGIC + hashlib.sha256(data).digest() + repr(config).encode())
     if progress:
         progress(1, 1, {})
-    return {"psnr": 40.0, "ssim": 0.95, "bpv": 1.25, "seconds": 0.01, "device": "cpu"}
+    return inrv.Summary(path=str(dst), model="fake", shape=(8, 8, 8), dtype="int16", file_bytes=1, raw_bytes=1,
+                        ratio=1.0, bpv=1.25, psnr=40.0, ssim=0.95, seconds=0.01, device="cpu")
 
 
 def fake_info(path):
     data = Path(path).read_bytes()
     if not data.startswith(FAKE_MAGIC):
         raise FormatError(f"{path} is not an .inrv file")
-    return {"file_bytes": len(data)}
+    return inrv.Summary(path=str(path), model="fake", shape=(8, 8, 8), dtype="int16", file_bytes=len(data),
+                        raw_bytes=1024, ratio=1024 / len(data), bpv=8 * len(data) / 512)
 
 
 @pytest.fixture
@@ -200,15 +194,15 @@ def test_discover_filters_and_skips_dst_inside_src(tmp_path):
     assert not any(j.key.startswith(("sub-0/", "broken/")) for j in no_sub0)
     assert any(j.kind == "dicom" for j in no_sub0)
     # an output folder inside SRC is never walked (no .inrv re-encoding, no loops)
-    _write_image(src / "out/x.nii.gz", _phantom(8, 3))
+    _write_image(src / "out/x.nii.gz", phantom("int16", (8,) * 3, 3))
     assert not any(j.key.startswith("out/") for j in E.discover(src, dst=src / "out"))
     with pytest.raises(inrv.UsageError):
         E.discover(src / "README.txt")
 
 
 def test_colliding_outputs_get_distinct_names(tmp_path):
-    _write_image(tmp_path / "scan.nii", _phantom(8, 1))
-    _write_image(tmp_path / "scan.nii.gz", _phantom(8, 2))
+    _write_image(tmp_path / "scan.nii", phantom("int16", (8,) * 3, 1))
+    _write_image(tmp_path / "scan.nii.gz", phantom("int16", (8,) * 3, 2))
     outs = {j.key: j.output for j in E.discover(tmp_path)}
     assert outs == {"scan.nii": "scan.nii.inrv", "scan.nii.gz": "scan.nii.gz.inrv"}
 
@@ -284,7 +278,7 @@ def test_engine_records_every_input_isolates_faults_and_resumes(tmp_path, fake_c
     src, dst = tmp_path / "src", tmp_path / "dst"
     expected = make_archive(src)
     plan, stats = run_engine(src, dst, threads_client)
-    assert stats.exit_code == E.EXIT_SOME_FAILED
+    assert stats.exit_code == E.EXIT_PARTIAL
     rows = E.read_manifests(dst)
     assert sorted(r["input"] for r in rows) == sorted(expected)        # one row per input
     failed = [r for r in rows if r["status"] == "failed"]
@@ -302,17 +296,17 @@ def test_engine_records_every_input_isolates_faults_and_resumes(tmp_path, fake_c
     plan, stats = run_engine(src, dst, threads_client)
     assert [p.action for p in plan].count("done") == len(expected) - 1
     assert [p.job.key for p in plan if p.action == "failed"] == ["broken/corrupt.nii.gz"]
-    assert stats.ok == stats.failed == 0 and stats.exit_code == E.EXIT_SOME_FAILED
+    assert stats.ok == stats.failed == 0 and stats.exit_code == E.EXIT_PARTIAL
     assert len(E.read_manifests(dst)) == len(expected)
 
     # the input is repaired; --retry-failed encodes it, and only it
-    _write_image(src / "broken/corrupt.nii.gz", _phantom(8, 50))
+    _write_image(src / "broken/corrupt.nii.gz", phantom("int16", (8,) * 3, 50))
     plan, stats = run_engine(src, dst, threads_client, retry_failed=True)
     assert [p.job.key for p in plan if p.action == "encode"] == ["broken/corrupt.nii.gz"]
     assert stats.exit_code == E.EXIT_OK
 
     # a changed input, a deleted output and a truncated output are encoded again; nothing else is
-    _write_image(src / "sub-0/ses-0/scan0.nii.gz", _phantom(8, 99))
+    _write_image(src / "sub-0/ses-0/scan0.nii.gz", phantom("int16", (8,) * 3, 99))
     (dst / "sub-1/ses-1/scan1.inrv").unlink()
     t = dst / "other/vol.inrv"
     t.write_bytes(t.read_bytes()[:-3])
@@ -356,14 +350,14 @@ def test_engine_shards_cover_each_input_once(tmp_path, fake_codec, threads_clien
 
 def test_a_held_lock_is_not_overwritten_and_not_recorded(tmp_path, fake_codec, threads_client):
     src, dst = tmp_path / "src", tmp_path / "dst"
-    _write_image(src / "a.nii.gz", _phantom(8, 1))
-    _write_image(src / "b.nii.gz", _phantom(8, 2))
+    _write_image(src / "a.nii.gz", phantom("int16", (8,) * 3, 1))
+    _write_image(src / "b.nii.gz", phantom("int16", (8,) * 3, 2))
     (dst).mkdir()
     # another live run is writing b.inrv right now (this process stands in for it)
     (dst / "b.inrv.lock").write_text(json.dumps({"pid": os.getpid(), "host": __import__("socket").gethostname(),
                                                 "token": "elsewhere"}))
     _, stats = run_engine(src, dst, threads_client)
-    assert stats.ok == 1 and stats.locked == 1 and stats.exit_code == E.EXIT_SOME_FAILED
+    assert stats.ok == 1 and stats.locked == 1 and stats.exit_code == E.EXIT_PARTIAL
     assert [r["input"] for r in E.read_manifests(dst)] == ["a.nii.gz"] and not (dst / "b.inrv").exists()
     (dst / "b.inrv.lock").unlink()
     _, stats = run_engine(src, dst, threads_client)
@@ -372,7 +366,7 @@ def test_a_held_lock_is_not_overwritten_and_not_recorded(tmp_path, fake_codec, t
 
 def test_leftover_temp_files_of_a_killed_writer_are_removed(tmp_path, fake_codec, threads_client):
     src, dst = tmp_path / "src", tmp_path / "dst"
-    _write_image(src / "a.nii.gz", _phantom(8, 1))
+    _write_image(src / "a.nii.gz", phantom("int16", (8,) * 3, 1))
     dst.mkdir()
     (dst / ".a.inrv.k2j3h4.tmp.inrv").write_bytes(b"half a file")
     _, stats = run_engine(src, dst, threads_client)
@@ -383,7 +377,7 @@ CRASHY_JOBS = '''
 import os, hashlib, json
 from pathlib import Path
 import inrv
-from inrv.cli import batch_engine as E
+from inrv.cli import batch as E
 from inrv.formats.atomic import atomic_output
 
 
@@ -391,7 +385,8 @@ def _fake_compress(src, dst, config=None, *, device=None, progress=None, force=F
     data = Path(src).read_bytes()
     with atomic_output(dst, force=force) as tmp:
         tmp.write_bytes(b"INRVFAKE" + hashlib.sha256(data).digest())
-    return {"psnr": 30.0, "ssim": 0.9, "bpv": 2.0, "seconds": 0.01, "device": "cpu"}
+    return inrv.Summary(path=str(dst), model="fake", shape=(8, 8, 8), dtype="int16", file_bytes=40,
+                        raw_bytes=1024, ratio=25.6, bpv=2.0, psnr=30.0, ssim=0.9, seconds=0.01, device="cpu")
 
 
 def job(spec):
@@ -411,8 +406,8 @@ def test_a_worker_that_dies_fails_only_its_job(tmp_path, monkeypatch):
 
     src, dst = tmp_path / "src", tmp_path / "dst"
     for i in range(4):
-        _write_image(src / f"ok{i}.nii.gz", _phantom(8, i))
-    _write_image(src / "crash.nii.gz", _phantom(8, 9))
+        _write_image(src / f"ok{i}.nii.gz", phantom("int16", (8,) * 3, i))
+    _write_image(src / "crash.nii.gz", phantom("int16", (8,) * 3, 9))
     (tmp_path / "crashy_jobs.py").write_text(CRASHY_JOBS)
     monkeypatch.syspath_prepend(str(tmp_path))           # spawned workers inherit sys.path
     import crashy_jobs
@@ -428,7 +423,7 @@ def test_a_worker_that_dies_fails_only_its_job(tmp_path, monkeypatch):
     assert sorted(rows) == sorted(["crash.nii.gz"] + [f"ok{i}.nii.gz" for i in range(4)])
     assert rows["crash.nii.gz"]["status"] == "failed" and rows["crash.nii.gz"]["error_type"] == "KilledWorker"
     assert rows["crash.nii.gz"]["checksum"].startswith("sha256:")
-    assert stats.ok == 4 and stats.failed == 1 and stats.exit_code == E.EXIT_SOME_FAILED
+    assert stats.ok == 4 and stats.failed == 1 and stats.exit_code == E.EXIT_PARTIAL
 
 
 # ----------------------------------------------------------------------------------------- acceptance (real codec)
@@ -458,9 +453,9 @@ def check_outputs(dst: Path, expected: dict[str, str], failed: tuple[str, ...] =
         r = oks[0]
         assert r["output"] == out and (dst / out).stat().st_size == r["output_bytes"]
         info = inrv.info(dst / out)
-        assert r["bpv"] == pytest.approx(info["bpv"])
+        assert r["bpv"] == pytest.approx(info.bpv)
         # psnr is None (JSON has no inf) where the lossless fallback was smaller than the trained model
-        assert isinstance(r["psnr"], float) or info["config"].get("fallback")
+        assert isinstance(r["psnr"], float) or info.config.get("fallback")
         assert isinstance(r["seconds"], float) and r["device"] == "cpu"
     produced = sorted(str(p.relative_to(dst)) for p in dst.rglob("*.inrv"))
     assert produced == sorted(out for k, out in expected.items() if k not in failed)
@@ -499,7 +494,7 @@ def test_batch_end_to_end_dry_run_shards_corrupt_input_and_rerun(tmp_path):
     # two series in one folder: two outputs, each from its own slices only
     series = {r["series_uid"]: r for r in rows if r["kind"] == "dicom"}
     assert sorted(series) == [SERIES_UID, SERIES_UID_2] and all(r["status"] == "ok" for r in series.values())
-    assert [inrv.info(dst / series[u]["output"])["shape"][2] for u in (SERIES_UID, SERIES_UID_2)] == [4, 5]
+    assert [inrv.info(dst / series[u]["output"]).shape[2] for u in (SERIES_UID, SERIES_UID_2)] == [4, 5]
 
     # the same command again (unsharded: it reads both shard manifests): nothing is encoded
     before = {p.name: p.read_bytes() for p in dst.glob("manifest*")}
@@ -524,7 +519,7 @@ def test_a_killed_driver_loses_nothing_and_a_rerun_completes(tmp_path):
     expected = make_archive(src, n_nifti=3)
     del expected["broken/corrupt.nii.gz"]
     (src / "broken/corrupt.nii.gz").unlink()
-    args = [sys.executable, "-m", "inrv.cli.batch", str(src), "-o", str(dst), *FAST]
+    args = [sys.executable, "-m", "inrv", "batch", str(src), "-o", str(dst), *FAST]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     manifest = dst / "manifest.jsonl"
@@ -606,7 +601,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_continues(tmp_path, fake_codec, thread
     _, stats = run_engine(src, dst, threads_client)
     rows = E.read_manifests(dst)
     assert sorted(r["input"] for r in rows) == sorted(expected) and len(rows) == len(expected)
-    assert stats.exit_code == E.EXIT_SOME_FAILED and leftovers(dst) == []     # the corrupt input
+    assert stats.exit_code == E.EXIT_PARTIAL and leftovers(dst) == []     # the corrupt input
 
 
 def test_out_of_memory_on_a_gpu_is_retried_once_on_the_cpu(tmp_path, monkeypatch, threads_client):
@@ -621,7 +616,7 @@ def test_out_of_memory_on_a_gpu_is_retried_once_on_the_cpu(tmp_path, monkeypatch
     monkeypatch.setattr(inrv, "compress", compress_oom_on_cuda)
     monkeypatch.setattr(inrv, "info", fake_info)
     src, dst = tmp_path / "src", tmp_path / "dst"
-    _write_image(src / "a.nii.gz", _phantom(8, 1))
+    _write_image(src / "a.nii.gz", phantom("int16", (8,) * 3, 1))
     chash, config = E.config_identity("tiny", {"steps": 3})
     plan = E.make_plan(E.discover(src), dst, chash)
     stats = E.run_batch(plan, src_root=str(src), dst=str(dst), manifest="manifest.jsonl", config=config,
@@ -633,13 +628,13 @@ def test_out_of_memory_on_a_gpu_is_retried_once_on_the_cpu(tmp_path, monkeypatch
 
 def test_verify_output_checks_shape_geometry_and_psnr(tmp_path):
     """``--verify``'s check, on a real (tiny, 2-step) encode."""
-    vol = _phantom(8, 3)
+    vol = phantom("int16", (8,) * 3, 3)
     _write_image(tmp_path / "a.nii.gz", vol)
     summary = inrv.compress(tmp_path / "a.nii.gz", tmp_path / "a.inrv", "tiny", steps=2, device="cpu")
-    psnr = summary["metrics"]["psnr"]
+    psnr = summary.psnr
     assert E.verify_output(str(tmp_path / "a.nii.gz"), str(tmp_path / "a.inrv"), psnr) is None
     assert "PSNR" in E.verify_output(str(tmp_path / "a.nii.gz"), str(tmp_path / "a.inrv"), psnr + 1.0)
-    _write_image(tmp_path / "other.nii.gz", _phantom(8, 4))           # same grid, other voxels
+    _write_image(tmp_path / "other.nii.gz", phantom("int16", (8,) * 3, 4))           # same grid, other voxels
     assert "PSNR" in E.verify_output(str(tmp_path / "other.nii.gz"), str(tmp_path / "a.inrv"), psnr)
     _write_image(tmp_path / "moved.nii.gz", vol, spacing=(1.0, 1.0, 3.0))
     assert "spacing" in E.verify_output(str(tmp_path / "moved.nii.gz"), str(tmp_path / "a.inrv"), psnr)
@@ -650,8 +645,8 @@ def test_verify_output_checks_shape_geometry_and_psnr(tmp_path):
 def test_an_output_written_by_an_overlapping_run_after_the_plan_is_not_redone(tmp_path, fake_codec,
                                                                              threads_client):
     src, dst = tmp_path / "src", tmp_path / "dst"
-    _write_image(src / "a.nii.gz", _phantom(8, 1))
-    _write_image(src / "b.nii.gz", _phantom(8, 2))
+    _write_image(src / "a.nii.gz", phantom("int16", (8,) * 3, 1))
+    _write_image(src / "b.nii.gz", phantom("int16", (8,) * 3, 2))
     chash, config = E.config_identity("tiny", {"steps": 3})
     planned_at = time.time() - 5
     plan = E.make_plan(E.discover(src), dst, chash)
@@ -673,11 +668,11 @@ def test_an_output_written_by_an_overlapping_run_after_the_plan_is_not_redone(tm
 def test_an_output_that_fails_verify_is_removed_and_recorded_failed(tmp_path, fake_codec, threads_client):
     """The stand-in codec's outputs cannot be decoded: --verify must catch that."""
     src, dst = tmp_path / "src", tmp_path / "dst"
-    _write_image(src / "a.nii.gz", _phantom(8, 1))
+    _write_image(src / "a.nii.gz", phantom("int16", (8,) * 3, 1))
     _, stats = run_engine(src, dst, threads_client, verify=True)
     (row,) = E.read_manifests(dst)
     assert row["status"] == "failed" and row["error_type"] == "VerifyError" and row["verified"] is None
-    assert not (dst / "a.inrv").exists() and leftovers(dst) == [] and stats.exit_code == E.EXIT_SOME_FAILED
+    assert not (dst / "a.inrv").exists() and leftovers(dst) == [] and stats.exit_code == E.EXIT_PARTIAL
 
 
 def test_cli_submits_to_a_running_scheduler(tmp_path, fake_codec, threads_client):

@@ -20,6 +20,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import phantom
 
 import inrv
 from inrv.cli import options
@@ -30,12 +31,6 @@ FAST = ["--preset", "tiny", "--epochs", "5", "--seed", "1"]
 SHAPE = (16, 16, 16)
 SPACING = (1.5, 1.0, 2.0)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-
-
-def phantom(shape=SHAPE) -> np.ndarray:
-    x, y, z = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij")
-    blob = 300.0 * np.exp(-((x - 8) ** 2 + (y - 7) ** 2 + (z - 9) ** 2) / 18.0)
-    return (blob + 40.0 * np.sin(x / 2.5) - 20).astype(np.int16)
 
 
 def write_nifti(path: Path, data: np.ndarray, descrip: bytes = b"") -> Path:
@@ -70,7 +65,7 @@ def assert_one_line_error(result, code: int = 2) -> str:
 def encoded(tmp_path_factory):
     """One real encode (preset tiny, 5 steps) shared by the tests: (folder, source .nii.gz, .inrv, JSON)."""
     d = tmp_path_factory.mktemp("enc")
-    src = write_nifti(d / "phantom.nii.gz", phantom(), descrip=b"PATIENT JANE DOE")
+    src = write_nifti(d / "phantom.nii.gz", phantom("int16", SHAPE), descrip=b"PATIENT JANE DOE")
     dst = d / "phantom.inrv"
     result = run("encode", src, "-o", dst, *FAST, "--json", "--progress")
     assert result.exit_code == 0, result.stderr
@@ -97,7 +92,7 @@ def test_encode_wrote_a_readable_file_and_left_the_input_alone(encoded):
     assert dst.read_bytes()[:5] == b"\x89INRV"
     f = inrv.read(dst)
     assert tuple(f.encoded.shape) == SHAPE
-    assert np.array_equal(np.asanyarray(nib.load(str(src)).dataobj), phantom())
+    assert np.array_equal(np.asanyarray(nib.load(str(src)).dataobj), phantom("int16", SHAPE))
 
 
 def test_info_json_fields_and_bpv_from_file_size(encoded):
@@ -495,7 +490,9 @@ def test_json_output_is_strict():
 
     doc = json.loads(dumps({"a": np.float32(1.5), "b": float("inf"), "c": np.arange(3), "d": b"xyz",
                             "e": Path("p")}))
-    assert doc == {"a": 1.5, "b": None, "c": [0, 1, 2], "d": {"bytes": 3}, "e": "p"}
-    line = encode_summary_line("a.nii", "a.inrv", {"file_bytes": 2048, "bpv": 0.25, "seconds": 3.0,
-                                                    "metrics": {"psnr": "inf", "ssim": 0.9}})
+    # the one policy (formats/jsonsafe.py), as in inrv info: non-finite numbers as strings, bytes by length
+    assert doc == {"a": 1.5, "b": "inf", "c": [0, 1, 2], "d": "<3 bytes>", "e": "p"}
+    summary = inrv.Summary(path="a.inrv", model="latent", shape=(16, 16, 32), dtype="uint8", file_bytes=2048,
+                           raw_bytes=8192, ratio=4.0, bpv=0.25, psnr=float("inf"), ssim=0.9, seconds=3.0)
+    line = encode_summary_line("a.nii", "a.inrv", summary)
     assert line == "a.nii -> a.inrv: 2.0 KiB, 0.250 bpv, PSNR inf dB, SSIM 0.9000, 3.0 s"

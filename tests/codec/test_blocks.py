@@ -10,16 +10,16 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from conftest import PAPER_TINY
 
 import inrv
-from inrv.codec import paper as paper_mod
+from inrv.codec.paper import slabs as paper_slabs
 from inrv.codec.config import make_config
 from inrv.codec.paper import count_params, make_partition
 from inrv.codec.siren import BlockSiren, Siren
 from inrv.errors import FormatError
 
-TINY = dict(steps=6, points_per_step=512, nc=2, sn=8, attn_width=8, attn_heads=2, attn_blocks=1, mlp_width=8,
-            res_blocks=1, lr_prefit_steps=5)
+TINY = dict(PAPER_TINY, steps=6, lr_prefit_steps=5)
 
 
 def _smooth(shape, seed=0):
@@ -62,7 +62,7 @@ def test_odd_size_blocks_roundtrip_and_streamed_decode(monkeypatch):
     y = inrv.decode(enc)
     assert y.shape == x.shape and np.all(np.isfinite(y))
     # streamed decode (tiny slabs + tiny chunks) equals the whole-grid decode
-    monkeypatch.setattr(paper_mod, "RENDER_CHUNK", 999)
+    monkeypatch.setattr(paper_slabs, "RENDER_CHUNK", 999)
     small = dataclasses.replace(enc, config=dict(enc.config, max_lr_cells=19 * 21 * 3))
     np.testing.assert_allclose(inrv.decode(small), y, atol=1e-5 * float(np.ptp(x)))  # float32 rounding
     for shape in [(20, 30, 10), (74, 82, 46)]:
@@ -137,7 +137,6 @@ def _face_interior_psnr(x, y, hb):
 
 
 def test_no_visible_seams_on_a_smooth_phantom():
-    torch.set_num_threads(1)
     x = _smooth((32, 32, 32), seed=1)
     enc = inrv.encode(x, "tiny", device="cpu", block=16, steps=60, points_per_step=2048, nc=4, sn=16,
                       attn_width=8, attn_blocks=1, lr_prefit_steps=200)
@@ -149,7 +148,6 @@ def test_no_visible_seams_on_a_smooth_phantom():
 
 _MEM_SCRIPT = textwrap.dedent("""
     import json, resource, numpy as np, torch
-    torch.set_num_threads(1)
     import inrv
     kw = dict(steps=2, lr_prefit_steps=1, points_per_step=2048, nc=2, sn=8, attn_width=8, attn_blocks=1,
               mlp_width=8, res_blocks=1, max_lr_cells=1 << 14)

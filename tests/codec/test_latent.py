@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ellipsoid_phantom as _phantom
 
 from inrv.codec.base import get_model
 from inrv.codec.config import make_config
@@ -16,17 +17,6 @@ from inrv.codec.metrics import psnr
 from inrv.errors import InputError
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "mni_patch64.nii.gz"
-
-
-def _phantom(shape=(24, 22, 20), seed=0) -> np.ndarray:
-    """A uint8 volume with background, a smooth ellipsoid, an inner structure and mild noise."""
-    rng = np.random.default_rng(seed)
-    g = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    r = sum(a * a for a in g)
-    vol = np.where(r < 0.8, 120 + 60 * g[0], 0.0)
-    vol = vol + np.where((r < 0.25) & (g[1] > 0), 50.0, 0.0)
-    vol = vol + np.where(r < 0.8, rng.normal(0, 2, shape), 0.0)
-    return np.clip(np.rint(vol), 0, 255).astype(np.uint8)
 
 
 def _mni_crop(n=32) -> np.ndarray:
@@ -48,7 +38,6 @@ def _decoded_ints(enc):
 
 @pytest.fixture(scope="module", params=[2, 8], ids=["checkerboard", "8-pass"])
 def tiny_fit(request):
-    torch.set_num_threads(1)
     vol = _phantom()
     calls = []
     enc = LatentModel().fit(vol, make_config("latent-tiny", steps=30, ctx_passes=request.param), device="cpu",
@@ -108,7 +97,6 @@ def test_render_matches_reported_psnr_and_is_deterministic(tiny_fit):
 
 
 def test_thin_and_constant_volumes():
-    torch.set_num_threads(1)
     cfg = make_config("latent-tiny", steps=20, polish_steps=0)
     thin = _phantom((30, 26, 2))
     enc = LatentModel().fit(thin, cfg, device="cpu")
@@ -123,7 +111,6 @@ def test_thin_and_constant_volumes():
 
 
 def test_target_bpv_lands_within_ten_percent():
-    torch.set_num_threads(1)
     vol = _phantom((32, 28, 24), seed=3)
     target = 1.0
     enc = LatentModel().fit(vol, make_config("latent-tiny", steps=25, target_bpv=target, search_iters=6),
@@ -150,7 +137,6 @@ def test_tiny_fit_beats_kspace_trilinear_baseline():
     """On a real MRI crop, a 40-step fit beats the k-space-downsampled volume upsampled
     trilinearly, while spending fewer bits than that low-res grid stored raw (1/8 of the voxels
     at 8 bits = 1 bpv)."""
-    torch.set_num_threads(1)
     vol = _mni_crop(32)
     base = psnr(vol, np.clip(np.rint(_kspace_trilinear(vol)), 0, 255))
     enc = LatentModel().fit(vol, make_config("latent-tiny", steps=40, lmbda=1e-3), device="cpu")
@@ -159,7 +145,6 @@ def test_tiny_fit_beats_kspace_trilinear_baseline():
 
 
 def test_target_psnr_search_gets_close():
-    torch.set_num_threads(1)
     vol = _phantom((32, 28, 24), seed=3)
     enc = LatentModel().fit(vol, make_config("latent-tiny", steps=25, target_psnr=30.0, search_iters=6),
                             device="cpu")
@@ -207,7 +192,6 @@ def test_soft_round_goes_from_identity_to_round():
 def test_slab_training_bounds_memory_and_keeps_the_rate_honest():
     """A volume larger than max_voxels_per_step trains on random slabs (distortion and rate);
     the coded size still matches the training estimate and the render covers the whole volume."""
-    torch.set_num_threads(1)
     vol = _phantom((40, 18, 16), seed=3)
     cfg = make_config("latent-tiny", steps=30, polish_steps=3, max_voxels_per_step=18 * 16 * 6, ctx_passes=8)
     enc = LatentModel().fit(vol, cfg, device="cpu")
@@ -251,7 +235,6 @@ def test_slab_step_reads_only_its_row_windows(upsample):
 def test_rate_checkpoint_trains_the_same_model():
     """Recomputing the context network in the backward pass (the CUDA default, to save memory) is
     the same training: on a CPU the coded bytes are identical with and without it."""
-    torch.set_num_threads(1)
     vol = _phantom((24, 14, 12), seed=4)
     out = []
     for ck in (False, True):
@@ -264,7 +247,6 @@ def test_rate_checkpoint_trains_the_same_model():
 
 
 def test_soft_rounding_training_codes_exactly():
-    torch.set_num_threads(1)
     vol = _phantom((20, 18, 16), seed=5)
     enc = LatentModel().fit(vol, make_config("latent-tiny", steps=24, soft_round=True), device="cpu")
     ints, *_ = _decoded_ints(enc)
@@ -325,15 +307,10 @@ def test_8_pass_coding_is_independent_of_threads_and_chunks():
     rng = np.random.default_rng(7)
     w = {k: rng.normal(0, 0.3, s).astype(np.float32) for k, s in _arch_shapes(len(shapes), cfg).items()}
     ints = [np.clip(np.rint(rng.laplace(0, 1.5, (1,) + s)), -9, 9).astype(np.int32) for s in shapes]
-    own = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        ref = code_latents(ints, w, shapes, 1, lo=-9, hi=9, passes=8)
-        torch.set_num_threads(2)
-        assert code_latents(ints, w, shapes, 1, lo=-9, hi=9, passes=8, chunk=16) == ref
-        out = code_latents(None, w, shapes, 1, data=ref, lo=-9, hi=9, passes=8, chunk=5)
-    finally:
-        torch.set_num_threads(own)
+    ref = code_latents(ints, w, shapes, 1, lo=-9, hi=9, passes=8)
+    torch.set_num_threads(2)            # the conftest fixture restores the count after the test
+    assert code_latents(ints, w, shapes, 1, lo=-9, hi=9, passes=8, chunk=16) == ref
+    out = code_latents(None, w, shapes, 1, data=ref, lo=-9, hi=9, passes=8, chunk=5)
     for a, b in zip(ints, out):
         np.testing.assert_array_equal(a, b)
 
@@ -341,7 +318,6 @@ def test_8_pass_coding_is_independent_of_threads_and_chunks():
 def test_weight_steps_are_chosen_per_tensor_unless_bits_are_given():
     """Default: each network tensor is entropy-coded at its own measured step (``wq``); an explicit
     ``weight_bits`` keeps fixed-precision affine packing. Both decode to the encoder's reconstruction."""
-    torch.set_num_threads(1)
     vol = _phantom((16, 14, 12), seed=4)
     auto = LatentModel().fit(vol, make_config("latent-tiny", steps=12, polish_steps=0), device="cpu")
     cfg = config_from_dict(auto.config)
@@ -360,7 +336,6 @@ def test_wider_synthesis_renders_slab_by_slab_like_whole(kernel, convs):
     with its halo equals the same rows of a whole-volume render, and the file decodes exactly."""
     from inrv.codec.latent import Synthesis, _synth_input
 
-    torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     syn = Synthesis(3, 6, 1, 2, kernel, convs)
     with torch.no_grad():
@@ -386,7 +361,6 @@ def test_deeper_context_codes_exactly(passes, layers, coarse):
     """``ctx_layers`` > 1 (residual hidden layers) and the 27-cell coarse context: the coder's numpy
     twin decodes the latents bit for bit and the estimate tracks the coded size (the training
     features and the coder's features are the same function)."""
-    torch.set_num_threads(1)
     vol = _phantom((14, 12, 10), seed=6)
     enc = LatentModel().fit(vol, make_config("latent-tiny", steps=10, polish_steps=0, ctx_layers=layers,
                                              ctx_passes=passes, ctx_coarse=coarse), device="cpu")
@@ -453,7 +427,6 @@ def test_context_width_follows_the_rate_unless_given():
 
     assert _auto_ctx_width(1e-3, 64 ** 3) == 24 and _auto_ctx_width(1e-2, 64 ** 3) == 16
     assert _auto_ctx_width(1e-2, 197 * 233 * 189) == 24
-    torch.set_num_threads(1)
     vol = _phantom((12, 10, 8), seed=8)
     for kw, want in (({"lmbda": 1e-3}, 24), ({"lmbda": 1e-2}, 16), ({"lmbda": 1e-3, "ctx_width": 8}, 8)):
         enc = LatentModel().fit(vol, make_config("balanced", steps=2, polish_steps=0, **kw), device="cpu")
@@ -525,7 +498,6 @@ def test_background_mask_restores_the_background_exactly_and_codes_honestly():
     written and the payload stays version 2."""
     from inrv.codec.latent import background_blocks, expand_blocks
 
-    torch.set_num_threads(1)
     vol = _phantom((24, 20, 18), seed=3)
     enc = LatentModel().fit(vol, make_config("latent-tiny", steps=20, polish_steps=0, bg_block=4), device="cpu")
     assert enc.config["v"] == 3 and enc.config["bg_block"] == 4 and "background" in enc.sections

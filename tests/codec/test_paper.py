@@ -3,16 +3,17 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import PAPER_TINY
 
 import inrv
 from inrv.codec import paper as paper_mod
+from inrv.codec.paper import slabs as paper_slabs
 from inrv.codec.config import make_config
 from inrv.codec.downsample import kspace_downsample
 from inrv.codec.paper import PaperModel, count_params
 from inrv.errors import DeviceError, FormatError, InputError
 
-TINY = dict(steps=8, points_per_step=512, nc=2, sn=8, attn_width=8, attn_heads=2, attn_blocks=1, mlp_width=8,
-            res_blocks=1)
+TINY = dict(PAPER_TINY, steps=8)
 
 
 def _phantom(shape=(16, 16, 16), seed=0):
@@ -23,7 +24,6 @@ def _phantom(shape=(16, 16, 16), seed=0):
 
 
 def test_end_to_end_lowers_loss_and_beats_trilinear():
-    torch.set_num_threads(1)
     x = _phantom()
     losses = []
     cfg = make_config("tiny", steps=150, points_per_step=1024, ds=2, sn=16, nc=4, attn_width=8, attn_blocks=1,
@@ -59,7 +59,7 @@ def test_chunked_render_equals_one_shot(monkeypatch):
     x = _phantom((8, 8, 8))
     enc = inrv.encode(x, "tiny", device="cpu", **TINY)
     whole = inrv.decode(enc)
-    monkeypatch.setattr(paper_mod, "RENDER_CHUNK", 37)
+    monkeypatch.setattr(paper_slabs, "RENDER_CHUNK", 37)
     np.testing.assert_allclose(inrv.decode(enc), whole, atol=1e-5)
 
 
@@ -148,7 +148,7 @@ def test_full_batch_training_is_chunked_without_changing_the_result(monkeypatch)
     x = _phantom((8, 8, 6))
     kw = dict(TINY, points_per_step=None, steps=3, lr_loss_weight=0.5)
     whole = inrv.encode(x, "tiny", device="cpu", **kw)
-    monkeypatch.setattr(paper_mod, "RENDER_CHUNK", 50)
+    monkeypatch.setattr(paper_slabs, "RENDER_CHUNK", 50)
     chunked = inrv.encode(x, "tiny", device="cpu", **kw)
     a = _latent(whole)
     b = _latent(chunked)

@@ -7,16 +7,6 @@ from inrv.codec.siren import grid_coords
 from inrv.codec.srno import SRNO3D, neighbours, srno_params
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: these tests run many tiny queries, which torch's thread pool only slows
-    down on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("nc,res,width,heads,blocks,mlp", [(4, 2, 16, 2, 2, 32), (8, 2, 16, 2, 2, 32),
                                                            (16, 2, 16, 2, 2, 32), (3, 1, 12, 3, 1, 7)])
 def test_param_formula(nc, res, width, heads, blocks, mlp):

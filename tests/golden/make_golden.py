@@ -72,12 +72,11 @@ def _psnr(ref: np.ndarray, test: np.ndarray) -> float:
 def _entry(out: Path, src: Path, reference: np.ndarray, name: str, preset: str, overrides: dict) -> dict:
     """Compress ``src`` into ``out/<name>.inrv``, decode it once, return its golden.json entry."""
     import inrv
-    from inrv.formats.io import restore_dtype
 
     dst = out / f"{name}.inrv"
     summary = inrv.compress(src, dst, preset, device="cpu", force=True, **overrides)
     f = inrv.read(dst)
-    decoded = restore_dtype(inrv.decode(f.encoded, device="cpu"), f.intensity)
+    decoded = inrv.restore(dst, device="cpu").data
     np.save(out / f"{name}.decoded.npy", decoded)
     entry = {
         "file": dst.name,
@@ -93,7 +92,7 @@ def _entry(out: Path, src: Path, reference: np.ndarray, name: str, preset: str, 
         "psnr_band_db": PSNR_BAND_DB,
         "self_psnr_min_db": SELF_PSNR_MIN_DB,
         "decoded_sha256": hashlib.sha256(np.ascontiguousarray(decoded).tobytes()).hexdigest(),
-        "encode_metrics": {k: summary["metrics"].get(k) for k in ("psnr", "ssim", "max_abs_err")},
+        "encode_metrics": {k: summary.details["metrics"].get(k) for k in ("psnr", "ssim", "max_abs_err")},
     }
     print(f"{dst}: {entry['file_bytes']} bytes, PSNR {entry['psnr_db']:.2f} dB")
     return entry

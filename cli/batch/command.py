@@ -1,24 +1,26 @@
 """``inrv batch SRC -o DST``: compress a whole archive, resumable, on Dask distributed.
 
-The click layer only: options -> :mod:`inrv.cli.batch_engine` (discovery, manifest, locks, the job
-function and the Dask driver). See ``docs/batch.md``.
-
-Run without the ``inrv`` entry point: ``python -m inrv.cli.batch SRC -o DST``.
+The click layer only: options -> the chapters of :mod:`inrv.cli.batch` (discovery, plan, the Dask
+driver, the report). See ``docs/batch.md``. Without the ``inrv`` entry point: ``python -m inrv batch``.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..errors import InrvError, UsageError
-from . import batch_engine as engine
-from .options import (build_config, config_overrides, encoding_options, progress_enabled, progress_option,
-                      report_error, resolve_preset, verbosity, verbosity_options)
+from ...errors import InrvError, UsageError
+from ..options import (EXIT_OK, build_config, config_overrides, encoding_options, progress_enabled,
+                       progress_option, report_error, resolve_preset, verbosity, verbosity_options)
+from .discovery import discover, parse_shard, shard
+from .driver import run_batch
+from .locks import DEFAULT_STALE_LOCK_SECONDS
+from .manifest import config_identity, manifest_name
+from .plan import make_plan
+from .report import summary_table
 
 
 @click.command("batch")
@@ -50,7 +52,7 @@ from .options import (build_config, config_overrides, encoding_options, progress
 @click.option("--shard", metavar="I/N", default=None,
               help="Take only shard I of N (zero-based) of the sorted inputs, for job arrays; "
                    "the manifest is DST/manifest.shard-I-of-N.jsonl.")
-@click.option("--lock-timeout", type=click.FloatRange(min=1), default=engine.DEFAULT_STALE_LOCK_SECONDS,
+@click.option("--lock-timeout", type=click.FloatRange(min=1), default=DEFAULT_STALE_LOCK_SECONDS,
               show_default=True, metavar="SECONDS",
               help="Another run's lock on an output is stale after this long without a heartbeat.")
 @progress_option
@@ -85,20 +87,20 @@ def _run(ctx, src: Path, dst: Path, include, exclude, dry_run, retry_failed, for
     keep_private = bool(enc.get("keep_private"))
     config = build_config(**enc)
     preset = resolve_preset(enc.get("preset"), enc.get("model"))
-    config_hash, config_dict = engine.config_identity(config, keep_private=keep_private)
+    config_hash, config_dict = config_identity(config, keep_private=keep_private)
     if isinstance(device, str) and device.strip().lower() == "auto":
         device = None
-    shard_spec = engine.parse_shard(shard_text)
+    shard_spec = parse_shard(shard_text)
     src_abs, dst_abs = src.resolve(), dst.resolve()
     if dst_abs == src_abs:
         raise UsageError("the output folder must differ from SRC (inputs are never modified)")
     if dst.exists() and not dst.is_dir():
         raise UsageError(f"{dst} exists and is not a folder")
-    jobs = engine.discover(src_abs, include=include, exclude=exclude, dst=dst_abs)
+    jobs = discover(src_abs, include=include, exclude=exclude, dst=dst_abs)
     if shard_spec is not None:
-        jobs = engine.shard(jobs, *shard_spec)
+        jobs = shard(jobs, *shard_spec)
     planned_at = time.time()
-    plan = engine.make_plan(jobs, dst_abs, config_hash, retry_failed=retry_failed, force=force, rehash=rehash)
+    plan = make_plan(jobs, dst_abs, config_hash, retry_failed=retry_failed, force=force, rehash=rehash)
 
     if dry_run:
         labels = {"encode": "encode", "done": "skip (done)", "failed": "skip (failed earlier)"}
@@ -108,26 +110,17 @@ def _run(ctx, src: Path, dst: Path, include, exclude, dry_run, retry_failed, for
         n = {a: sum(p.action == a for p in plan) for a in labels}
         click.echo(f"{len(plan)} inputs: {n['encode']} to encode, {n['done']} done, "
                    f"{n['failed']} failed earlier (dry run: nothing written)", err=True)
-        return engine.EXIT_OK
+        return EXIT_OK
 
     if not plan:
         click.echo(f"inrv batch: no inputs found under {src}", err=True)
-    stats = engine.run_batch(plan, src_root=str(src_abs), dst=str(dst_abs), manifest=engine.manifest_name(shard_spec),
+    stats = run_batch(plan, src_root=str(src_abs), dst=str(dst_abs), manifest=manifest_name(shard_spec),
                              config=config_dict, config_hash=config_hash, preset=preset,
                              options=config_overrides(**enc), keep_private=keep_private, device=device,
                              verify=verify, workers=workers, threads=threads, scheduler=scheduler,
                              progress=progress_enabled(progress, ctx), stale_lock_seconds=lock_timeout,
                              started=started, planned_at=planned_at)
     if verbosity(ctx) >= 0 or stats.exit_code:
-        click.echo(engine.summary_table(stats), err=True)
+        click.echo(summary_table(stats), err=True)
     return stats.exit_code
 
-
-if __name__ == "__main__":  # python -m inrv.cli.batch SRC -o DST  (same as: inrv batch SRC -o DST)
-    import sys
-
-    from .main import main as _inrv
-
-    if "batch" not in _inrv.commands:
-        _inrv.add_command(batch)
-    _inrv(["batch", *sys.argv[1:]], prog_name=os.environ.get("INRV_PROG", "inrv"))

@@ -1,0 +1,112 @@
+"""Latent grids and their upsampling: level shapes and cell-centred linear / cubic (Keys)
+interpolation, in torch (training, synthesis) and in float64 numpy (the coder's twin)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def level_shapes(shape: tuple[int, int, int], levels: int) -> list[tuple[int, int, int]]:
+    """Grid shapes of the latent levels: ``ceil(n / 2^k)`` per axis, stopping early at 1^3."""
+    out = []
+    for k in range(levels):
+        s = tuple(max(1, -(-n // (2 ** k))) for n in shape)
+        if out and s == out[-1]:
+            break
+        out.append(s)
+    return out
+
+
+def _interp(n_in: int, n_out: int, rows: np.ndarray | None = None):
+    """Indices and weights of cell-centred linear interpolation from ``n_in`` to ``n_out`` samples.
+
+    Pure float64 arithmetic (deterministic on any IEEE machine). ``rows`` picks output indices.
+    """
+    i = np.arange(n_out, dtype=np.float64) if rows is None else np.asarray(rows, dtype=np.float64)
+    src = (i + 0.5) * (n_in / n_out) - 0.5
+    src = np.clip(src, 0.0, n_in - 1.0)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, src - i0
+
+
+def up_torch(x: torch.Tensor, out: tuple[int, ...], rows: np.ndarray | None = None,
+             n0: int | None = None, off: int = 0) -> torch.Tensor:
+    """Upsample ``x`` (C, a, b, c) to (C, *out) separably; ``rows`` restricts axis 1 (first spatial).
+
+    ``x`` may hold only rows ``[off, off + a)`` of a grid whose first axis has ``n0`` rows (a row
+    window: the rows the output ``rows`` read must lie inside it)."""
+    for ax in range(3):
+        n_in, n_out = x.shape[ax + 1], out[ax]
+        r = rows if ax == 0 else None
+        if ax == 0 and n0 is not None:
+            n_in = n0
+        if n_in == n_out and r is None:
+            continue
+        i0, i1, w = _interp(n_in, n_out, r)
+        if ax == 0 and off:
+            i0, i1 = i0 - off, i1 - off
+        shape = [1, 1, 1, 1]
+        shape[ax + 1] = len(w)
+        wt = torch.as_tensor(w, dtype=x.dtype, device=x.device).view(shape)
+        a = x.index_select(ax + 1, torch.as_tensor(i0, device=x.device))
+        b = x.index_select(ax + 1, torch.as_tensor(i1, device=x.device))
+        x = a + (b - a) * wt
+    return x
+
+
+def _interp_cubic(n_in: int, n_out: int, rows: np.ndarray | None = None):
+    """Taps (4 index arrays) and weights (4 arrays) of cell-centred cubic (Keys, a = -1/2)
+    interpolation from ``n_in`` to ``n_out`` samples, edge-clamped; float64 numpy."""
+    i = np.arange(n_out, dtype=np.float64) if rows is None else np.asarray(rows, dtype=np.float64)
+    src = np.clip((i + 0.5) * (n_in / n_out) - 0.5, 0.0, n_in - 1.0)
+    f = np.floor(src)
+    t = src - f
+    f = f.astype(np.int64)
+    idx = [np.clip(f + d, 0, n_in - 1) for d in (-1, 0, 1, 2)]
+    w = [((-0.5 * t + 1.0) * t - 0.5) * t,
+         (1.5 * t - 2.5) * t * t + 1.0,
+         ((-1.5 * t + 2.0) * t + 0.5) * t,
+         (0.5 * t - 0.5) * t * t]
+    return idx, w
+
+
+def up_cubic_torch(x: torch.Tensor, out: tuple[int, ...], rows: np.ndarray | None = None,
+                   n0: int | None = None, off: int = 0) -> torch.Tensor:
+    """Like :func:`up_torch` with cubic (Keys) interpolation: smoother basis functions for the
+    coarse latent levels of the synthesis."""
+    for ax in range(3):
+        n_in, n_out = x.shape[ax + 1], out[ax]
+        r = rows if ax == 0 else None
+        if ax == 0 and n0 is not None:
+            n_in = n0
+        if n_in == n_out and r is None:
+            continue
+        idx, w = _interp_cubic(n_in, n_out, r)
+        if ax == 0 and off:
+            idx = [i - off for i in idx]
+        shape = [1, 1, 1, 1]
+        shape[ax + 1] = len(w[0])
+        acc = None
+        for ii, ww in zip(idx, w):
+            term = x.index_select(ax + 1, torch.as_tensor(ii, device=x.device)) * \
+                torch.as_tensor(ww, dtype=x.dtype, device=x.device).view(shape)
+            acc = term if acc is None else acc + term
+        x = acc
+    return x
+
+
+def up_numpy(x: np.ndarray, out: tuple[int, ...]) -> np.ndarray:
+    """float64 numpy twin of :func:`up_torch` (used by the entropy coder on both sides)."""
+    for ax in range(3):
+        n_in, n_out = x.shape[ax + 1], out[ax]
+        if n_in == n_out:
+            continue
+        i0, i1, w = _interp(n_in, n_out)
+        shape = [1, 1, 1, 1]
+        shape[ax + 1] = len(w)
+        a = np.take(x, i0, axis=ax + 1)
+        b = np.take(x, i1, axis=ax + 1)
+        x = a + (b - a) * w.reshape(shape)
+    return x
