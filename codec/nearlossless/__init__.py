@@ -112,8 +112,6 @@ class NearLosslessModel:
         from . import coder
 
         c = encoded.config
-        if shape is not None and tuple(shape) != tuple(encoded.shape):
-            raise InputError("a nearlossless file decodes on its own grid only (no --shape)")
         v = c.get("v")
         if v != PAYLOAD_VERSION:
             raise UnsupportedVersionError(f"nearlossless payload version {v!r} is unknown to this inrv; upgrade")
@@ -127,4 +125,13 @@ class NearLosslessModel:
         out = R.astype(np.float64)
         if "step" in c:
             out *= float(c["step"])
+        if shape is not None and tuple(shape) != tuple(encoded.shape):
+            # another grid over the same field of view (cell-centred): trilinear resampling; the bound
+            # holds on the file's own grid only
+            from scipy import ndimage
+
+            if len(shape) != 3 or min(shape) < 1:
+                raise InputError(f"bad output shape {tuple(shape)}")
+            zoom = [n / o for n, o in zip(shape, encoded.shape)]
+            out = ndimage.zoom(out, zoom, order=1, mode="nearest", grid_mode=True)
         return out
