@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="folder of fitted cells to reuse/extend (an `inrv tune -o` folder); default <out>/cells")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "paper_tables")
     ap.add_argument("--paper-only", action="store_true", help="only the paper's own tables and Eq. 8 on them")
+    ap.add_argument("--no-fit", action="store_true", help="use the finished cells only (fit nothing)")
     a = ap.parse_args(argv)
     a.input = a.input or a.input_opt
     a.grid = list(a.grid) + [f"{k}={v}" for k, v in (("ds", a.ds), ("nc", a.nc), ("sn", a.sn)) if v]
@@ -302,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                     input_sha256=input_fingerprint(a.input))
     cells_root = a.cells.resolve() if a.cells else a.out
     recs = run_cells(a.input, paper_cells(grid, s), s, cells_root, preset=a.preset, device=a.device,
-                     log=lambda m: print(m, file=sys.stderr, flush=True))
+                     log=lambda m: print(m, file=sys.stderr, flush=True), fit=not a.no_fit)
     ok = {(r["point"]["ds"], r["point"]["nc"], r["point"]["sn"]): r for r in recs if r.get("status") == "ok"}
     paper = {(r["ds"], r["nc"], r["sn"]): r for r in paper_table()}
     dev = next((r.get("device") for r in recs if r.get("device")), "?")
@@ -342,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         sub = trade_off(grid, pp, ps, pc) if np.isfinite(pp).any() else None
         _, fp, fs, fc = paper_arrays()
         full = trade_off(_, fp, fs, fc)
-        lines += ["## Table 7: marginals (mean over the other two axes) at the trade-off point", "",
+        lines += ["## Table 7: marginals (mean over the other two axes) at the paper's trade-off values NC 4, DS 1/2, SN 30", "",
                   f"Our trade-off point (Eq. 8, alpha 0, beta 0.1): **DS 1/{ours_t.point['ds']}, NC "
                   f"{ours_t.point['nc']}, SN {ours_t.point['sn']}**"
                   + (f"; on the paper's cells of this sub-grid: DS 1/{sub.point['ds']}, NC {sub.point['nc']}, "

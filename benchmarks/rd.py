@@ -36,6 +36,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bdrate  # noqa: E402
+import volumes as volumes_by_name  # noqa: E402
 import classical  # noqa: E402
 
 from inrv.codec import metrics  # noqa: E402
@@ -491,9 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     volumes: dict[str, dict] = {}
     for src in args.volumes:
-        name = os.path.basename(src)
+        name = volumes_by_name.display_name(src)      # mni_t1 = the nilearn template (benchmarks/volumes.py)
         try:
-            ref = load_volume(src)
+            ref = load_volume(volumes_by_name.resolve(src))
         except Exception as e:  # noqa: BLE001 - InputError, FormatError, OSError: one line, exit 2
             ap.error(f"cannot read {src}: {e}")
         fg = metrics.foreground_mask(ref)

@@ -8,7 +8,8 @@ per voxel, and for the paper model's blocks, block-face vs interior PSNR (seams)
     python benchmarks/speed.py --synthetic 512               # 512^3 synthetic: peak memory
 
 The preset defaults to inrv's default (``balanced``, the latent model). Input: ``--input`` (default
-/work/shared/data/mni_t1.nii.gz if present, else samples/mni_patch64.nii.gz). Encode goes through
+``mni_t1``, the MNI152 T1 template inside the nilearn wheel, when nilearn is installed, else
+samples/mni_patch64.nii.gz; see benchmarks/volumes.py). Encode goes through
 ``inrv.compress`` (load, fit, write the real ``.inrv``; its seconds include the fit's own
 verification decode and compress's quality decode); decode is timed on the chosen device and again
 on the CPU with ``--cpu-threads`` threads (default 2), from the ``.inrv`` bytes.
@@ -50,9 +51,17 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_INPUTS = [Path("/work/shared/data/mni_t1.nii.gz"), ROOT / "samples" / "mni_patch64.nii.gz"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import volumes as volumes_by_name  # noqa: E402
+DEFAULT_INPUTS = ["mni_t1", "mni_patch64"]   # names of benchmarks/volumes.py (mni_t1 needs nilearn)
 CPU_STEPS_LATENT = 5     # reduced CPU scale of the latent presets (a step of mni_t1 takes ~10 s on a CPU)
 TARGETS = {"encode_s": 30.0, "decode_gpu_s": 1.0, "decode_cpu2_s": 30.0, "peak_gpu_gb": 4.0}
+
+
+def _has_nilearn() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("nilearn") is not None
 
 
 def _rss_mb() -> float:
@@ -169,7 +178,7 @@ def run_volume(args, device: str) -> dict:
     from inrv.codec.metrics import quality
     from inrv.formats.inrvfile import read_inrv
 
-    src = Path(args.input) if args.input else next(p for p in DEFAULT_INPUTS if p.exists())
+    src = Path(volumes_by_name.resolve(args.input or ("mni_t1" if _has_nilearn() else "mni_patch64")))
     reduced = device == "cpu" and args.steps is None
     over = overrides(args, device, reduced)
     vol = inrv.load(src)

@@ -25,6 +25,8 @@ from .. import __version__
 from ..errors import InputError, UsageError
 from ..formats.discovery import strip_volume_suffix
 from .batch import batch
+from .compare import check_preview, compare, preview_option, write_preview
+from .tree import decode_tree
 from .options import (InrvGroup, ProgressBar, build_config, device_option, encoding_options, force_option,
                       json_option, log, progress_enabled, progress_option, report_error, verbosity,
                       verbosity_options)
@@ -68,6 +70,7 @@ def main() -> None:
 main.add_command(batch)       # the cli/batch/ package: discovery, plan, Dask driver, report
 from .tune import tune  # noqa: E402  (inrv tune: the paper's trade-off point method, cli/tune.py)
 main.add_command(tune)
+main.add_command(compare)     # cli/compare.py (also the picture of encode --preview)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -151,12 +154,14 @@ def _source_kind(info: dict[str, Any]) -> str | None:
               help="For a DICOM folder holding several series: the one to encode, by its index in "
                    "`inrv info FOLDER` or its SeriesInstanceUID.")
 @encoding_options
+@preview_option
 @force_option
 @json_option
 @progress_option
 @verbosity_options
 def encode(src: Path, output: Path | None, device: str | None, force: bool, as_json: bool,
-           progress: bool | None, keep_private: bool, series: str | None = None, **opts: Any) -> None:
+           progress: bool | None, keep_private: bool, series: str | None = None, preview: Path | None = None,
+           **opts: Any) -> None:
     """Compress a volume IN (NIfTI, NRRD, MHA file or DICOM series folder) into an .inrv file.
 
     Prints a progress bar while training and a one-line summary (size, bits per voxel, PSNR, SSIM,
@@ -177,13 +182,17 @@ def encode(src: Path, output: Path | None, device: str | None, force: bool, as_j
         raise UsageError(f"the output {dst} is the input; choose another -o")
     if config.model != "nearlossless":        # the nearlossless coder runs on numpy alone (no torch)
         _check_device(device)
+    check_preview(preview, force)
     log(f"inrv: {src} -> {dst}: model {config.model}, {config.steps} steps, device {device or 'auto'}", 1)
     log(f"inrv: config {config}", 2)
     with ProgressBar(desc=src.name, enabled=progress_enabled(progress)) as bar:
         summary = inrv.compress(src, dst, config, device=device, progress=bar, force=force,
                                 keep_private=keep_private, series=series)
+    if preview is not None:
+        write_preview(src, dst, preview, force=force, device=device, series=series)
     if as_json:
-        click.echo(dumps({**summary.to_dict(), "input": str(src), "output": str(dst)}))
+        extra = {"preview": str(preview)} if preview is not None else {}
+        click.echo(dumps({**summary.to_dict(), "input": str(src), "output": str(dst), **extra}))
     else:
         log(encode_summary_line(src, dst, summary))
 
@@ -214,7 +223,8 @@ class ShapeType(click.ParamType):
 @click.argument("src", metavar="IN.inrv", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Output volume: .nii.gz, .nii, .nrrd, .mha, or a folder (no suffix) for a DICOM series "
-                   "(default: IN with .inrv replaced by the original format's suffix).")
+                   "(default: IN with .inrv replaced by the original format's suffix). IN a folder written "
+                   "by inrv batch: the output folder, the tree decoded and its other files copied.")
 @click.option("--shape", type=ShapeType(), default=None,
               help="Render on another grid of X,Y,Z voxels over the same field of view (default: the original).")
 @device_option
@@ -229,10 +239,14 @@ def decode(src: Path, output: Path | None, shape: tuple[int, int, int] | None, d
       inrv decode scan.inrv -o scan.nii.gz
       inrv decode scan.inrv -o series_dir --device cpu     (a DICOM series)
       inrv decode scan.inrv -o big.nii.gz --shape 256,256,256
+      inrv decode compressed/ -o restored/                 (a tree from inrv batch, e.g. a BIDS dataset)
     """
     import inrv
 
     _require_input(src)
+    if src.is_dir():                    # a tree written by inrv batch (cli/tree.py)
+        _check_device(device)
+        return decode_tree(src, output, shape=shape, device=device, force=force, as_json=as_json)
     if output is None:
         output = default_decode_output(src, _source_kind(inrv.info(src).details))
     if _same_path(src, output):

@@ -345,6 +345,7 @@ def _discover(source: str | Path | Sequence[str | Path]) -> DicomFolder:
         paths = _candidate_files(Path(p) for p in source)
     out = DicomFolder()
     groups: dict[tuple, list[tuple[Path, Any]]] = defaultdict(list)
+    seen: dict[tuple, str] = {}
     for p in paths:
         if not looks_like_dicom(p):
             out.skipped.append(Skipped(str(p), "not DICOM"))
@@ -372,6 +373,13 @@ def _discover(source: str | Path | Sequence[str | Path]) -> DicomFolder:
                tuple(round(v, 3) for v in iop) if iop else None,
                tuple(round(v, 4) for v in ps) if ps else None, problem,
                str(p) if frames > 1 else "")  # a multi-frame file is a stack of its own
+        instance = str(_get(d, "SOPInstanceUID", "") or "")
+        if instance and (key, instance) in seen:  # the same instance twice in a stack (copied under two names)
+            out.skipped.append(Skipped(str(p), f"the same image as {Path(seen[(key, instance)]).name} "
+                                               "(same SOPInstanceUID)"))
+            continue
+        if instance:
+            seen[(key, instance)] = str(p)
         groups[key].append((p, d))
     stacks: list[DicomSeries] = []
     by_uid: dict[str, list[tuple]] = defaultdict(list)

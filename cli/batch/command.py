@@ -97,6 +97,7 @@ def _run(ctx, src: Path, dst: Path, include, exclude, dry_run, retry_failed, for
     if dst.exists() and not dst.is_dir():
         raise UsageError(f"{dst} exists and is not a folder")
     jobs = discover(src_abs, include=include, exclude=exclude, dst=dst_abs)
+    jobs, bids_copies = _bids_others(src_abs, dst_abs, jobs, shard_spec, dry_run)   # BIDS: keep the other files
     if shard_spec is not None:
         jobs = shard(jobs, *shard_spec)
     planned_at = time.time()
@@ -107,10 +108,14 @@ def _run(ctx, src: Path, dst: Path, include, exclude, dry_run, retry_failed, for
         for p in plan:
             why = f"  [{p.reason}]" if p.reason and p.action != "done" else ""
             click.echo(f"{labels[p.action]:<22} {p.job.key} -> {p.job.output}{why}")
+        for rel in bids_copies:
+            click.echo(f"{'copy (BIDS)':<22} {rel}")
         n = {a: sum(p.action == a for p in plan) for a in labels}
         click.echo(f"{len(plan)} inputs: {n['encode']} to encode, {n['done']} done, "
                    f"{n['failed']} failed earlier (dry run: nothing written)", err=True)
         return EXIT_OK
+    if bids_copies:
+        click.echo(f"inrv batch: BIDS dataset: {len(bids_copies)} other files copied as they are", err=True)
 
     if not plan:
         click.echo(f"inrv batch: no inputs found under {src}", err=True)
@@ -124,3 +129,19 @@ def _run(ctx, src: Path, dst: Path, include, exclude, dry_run, retry_failed, for
         click.echo(summary_table(stats), err=True)
     return stats.exit_code
 
+
+
+def _bids_others(src: Path, dst: Path, jobs, shard_spec, dry_run: bool):
+    """In a BIDS dataset, every file that is not an input image (sidecars, bval/bvec, tables, README, images left
+    out by --exclude, 4D images, which inrv does not encode) is copied to DST byte for byte (formats/bids.py; by
+    shard 0 only). Returns the jobs left to encode and what was copied."""
+    from ...formats.bids import copy_others, encodable, is_bids_dataset
+
+    if not is_bids_dataset(src):
+        return jobs, []
+    jobs = [j for j in jobs if j.kind != "file" or encodable(j.src)]
+    if shard_spec is not None and shard_spec[0] != 0:
+        return jobs, []
+    images = {Path(j.src).relative_to(src).as_posix() for j in jobs if j.kind == "file"}
+    images |= {Path(f).relative_to(src).as_posix() for j in jobs if j.kind == "dicom" for f in j.files}
+    return jobs, copy_others(src, dst, images, skip=dst, force=True, dry_run=dry_run)

@@ -1,8 +1,8 @@
 """The ``latent`` model family: coded multi-resolution latent grids + a tiny synthesis network.
 
 In the spirit of Cool-chic / C3 (2D image codecs), adapted to 3D volumes and to a fully
-parallel decoder. See ``docs/model-latent.md`` for the design, the measurements and the
-bit-exactness argument. In short:
+parallel decoder. See ``docs/model-latent.md`` for the design and the bit-exactness argument
+(``docs/design-log-latent.md``: the measurements). In short:
 
 * **Latents.** ``L`` grids over the whole volume, level ``k`` of shape ``ceil(N / 2^k)`` per axis
   (an axis of length 1 stays 1, so thin and 2D volumes work), ``C`` channels each, stored as
@@ -29,14 +29,18 @@ bit-exactness argument. In short:
 
 The package, one module per job (read in this order)::
 
+    config.py      LatentConfig, presets, payload version and upgrades of older payloads (torch-free)
+    passes.py      the entropy model's inputs, once: pass order, neighbours, per-pass feature columns
     grids.py       latent level shapes; linear / cubic upsampling (torch and the coder's numpy twin)
-    context.py     coding-pass order and neighbours; ContextModel (the entropy model's network)
-    synthesis.py   Synthesis (latents -> intensity); slab input with halo; a slab step's row windows
+    context.py     ContextModel, the entropy model's network (and its pass-by-pass training rate)
+    synthesis.py   Synthesis (latents -> intensity); slab input with halo; row windows; synthesise
     coder.py       the exact coder: the context model in fixed-order float32 numpy + the range coder
+    rate.py        the training-side rate of the whole volume or of one slab step's rows
     nets.py        network weight storage: entropy-coded per-tensor steps, or affine packing
     background.py  the background mask (blocks at the volume minimum, restored exactly)
+    fit.py         one fit, phase by phase on a FitState: prepare, train, quantise, polish, code
     search.py      the lambda search for target_bpv / target_psnr
-    model.py       LatentModel: fit (train, quantise, code) and render
+    model.py       LatentModel: fit (checks, one fit or a search) and render
 
 Importing this package does not import torch: the names below are loaded from their module on
 first use (``from inrv.codec.latent import LatentModel`` works as before the split).
@@ -50,18 +54,23 @@ __all__ = ["LatentModel", "FORMAT_VERSION", "ContextModel", "Synthesis", "code_l
 
 # module of this package -> the names it defines (imported, with torch, on first use)
 _EXPORTS = {
+    "passes": ("parity", "_PASS_ORDER_8", "_OFFSETS_26", "_FACES_6", "pass_map", "avail_table", "n_features",
+               "coarse_context", "Pass", "pass_plan"),
     "grids": ("level_shapes", "_interp", "up_torch", "_interp_cubic", "up_cubic_torch", "up_numpy"),
-    "context": ("parity", "_PASS_ORDER_8", "_OFFSETS_26", "pass_map", "avail_table", "_neigh26_torch",
-                "_FACES_6", "_neigh_torch", "_Gather", "ContextModel", "_auto_ctx_width", "_make_ctx"),
-    "synthesis": ("Synthesis", "_synth_input", "_row_windows", "rate_rows", "_make_synth"),
+    "context": ("_neigh26_torch", "_neigh_torch", "_Gather", "ContextModel", "_auto_ctx_width", "_make_ctx"),
+    "synthesis": ("Synthesis", "_synth_input", "_row_windows", "rate_rows", "_make_synth", "synthesise"),
     "coder": ("_CTX_DTYPE", "_np_context", "_np_affine", "_np_mlp", "_np_mids", "_gather_features",
               "_level_grid", "_flat_inner", "_code_pass", "code_latents", "_code_latents_8", "_code_8"),
     "nets": ("_GROUPS", "_group_of", "_arch_shapes", "pack_nets", "unpack_nets", "_decode_nets",
              "_choose_weight_steps"),
     "background": ("background_blocks", "expand_blocks", "pack_blocks", "unpack_blocks"),
+    "rate": ("level_bits", "rate_bits", "total_bits"),
+    "fit": ("BG_MIN_FRACTION", "_ARCH_FIELDS", "soft_round", "_kumaraswamy", "FitState", "fit_once",
+            "prepare", "init_latents", "init_context", "_rounded", "train", "quantise_networks", "polish",
+            "stored_config", "code"),
     "search": ("search_lambda",),
-    "model": ("BG_MIN_FRACTION", "FORMAT_VERSION", "_ARCH_FIELDS", "soft_round", "_kumaraswamy",
-              "LatentModel", "_synthesise"),
+    "config": ("LatentConfig", "FORMAT_VERSION", "_BEFORE", "upgrade", "FAMILY"),
+    "model": ("LatentModel",),
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -8,7 +8,7 @@ import torch
 
 from ...errors import InputError
 from ..entropy import LaplaceReader, LaplaceStream, snap_params
-from .context import _OFFSETS_26, _PASS_ORDER_8, avail_table, parity
+from .passes import coarse_context, parity, pass_plan
 from .grids import up_numpy
 
 
@@ -120,10 +120,12 @@ def code_latents(latents: list[np.ndarray] | None, w: dict[str, np.ndarray], sha
     """Encode (``latents`` given) or decode (``data`` given) all levels, coarse to fine.
 
     The same function runs both directions, so the model parameters fed to the coder are computed
-    by literally the same code from the same integers. Per level: the first checkerboard half,
-    then the second, each in chunks of ``chunk`` latents (bounded memory; the chunking is part of
-    the format only in that encoder and decoder use the same order). Returns bytes (encode) or
-    the list of int32 arrays (decode), each (C, *level_shape).
+    by literally the same code from the same integers. Per level, the passes of the context
+    (``passes``: 8 = the 2x2x2 sub-lattices in :func:`~inrv.codec.latent.passes.pass_plan` order,
+    the default since payload version 2; 2 = the checkerboard halves of older files), each pass in
+    chunks of ``chunk`` latents (bounded memory; the chunking is part of the format only in that
+    encoder and decoder use the same order). Returns bytes (encode) or the list of int32 arrays
+    (decode), each (C, *level_shape).
     """
     if passes == 8:
         return _code_latents_8(latents, w, shapes, channels, data, lo, hi, chunk)
@@ -168,37 +170,33 @@ def _code_latents_8(latents, w, shapes, C: int, data, lo: int, hi: int, chunk: i
 
 
 def _code_8(latents, w, shapes, C: int, data, lo: int, hi: int, chunk: int, pool):
-    # the coarse context width follows from the stored first-layer shape: (ncoarse + 26) C + 8 inputs
-    ncoarse = (np.shape(w["ctx.l1.weight"])[1] - 8) // C - 26
+    # the coarse context width follows from the stored first-layer shape (passes.coarse_context)
+    plan = pass_plan(coarse_context(np.shape(w["ctx.l1.weight"])[1], C), C)
     enc = latents is not None
     coder = LaplaceStream(lo, hi) if enc else LaplaceReader(data, lo, hi)
     f32 = {k: np.asarray(v, dtype=np.float64).astype(_CTX_DTYPE) for k, v in w.items()}
     w1, b1, w2, b2, lb = (f32[k] for k in ("ctx.l1.weight", "ctx.l1.bias", "ctx.l2.weight", "ctx.l2.bias",
                                            "ctx.level_bias"))
     mids = _np_mids(w)
-    avail = avail_table()
     out: list[np.ndarray | None] = [None] * len(shapes)
     for k in range(len(shapes) - 1, -1, -1):
         strides, co_p, cur_p, inner = _level_grid(out, k, shapes, C)
-        offs26 = [a * strides[0] + b * strides[1] + c * strides[2] for a, b, c in _OFFSETS_26]
-        faces = offs26 if ncoarse == 27 else (-strides[0], strides[0], -strides[1], strides[1], -strides[2], strides[2])
         cur_flat = cur_p.reshape(C, -1)              # view
         b2k = (b2 + lb[k]).astype(_CTX_DTYPE)
-        for p, ph in enumerate(_PASS_ORDER_8):
-            # pass p is the sub-lattice of index parities ph: its cells in C order, as strided views
-            # (no level-sized index or mask arrays: on 512^3 those were 1 GB each)
-            par = ((ph >> 2) & 1, (ph >> 1) & 1, ph & 1)
-            sub = (slice(None),) + tuple(slice(b_, None, 2) for b_ in par)
-            idx_all = _flat_inner(shapes[k], strides, par, 2).ravel()
-            used = [o for o in range(26) if avail[p, o]]
-            cols = list(range(ncoarse * C)) + [ncoarse * C + o * C + c for o in used for c in range(C)]
-            w1p = np.ascontiguousarray(w1[:, cols])
-            b1p = (b1 + w1[:, (ncoarse + 26) * C + p]).astype(_CTX_DTYPE)
+        for ps in plan:
+            # pass p is the sub-lattice of index parities ps.phase: its cells in C order, as strided
+            # views (no level-sized index or mask arrays: on 512^3 those were 1 GB each)
+            sub = (slice(None),) + tuple(slice(b_, None, 2) for b_ in ps.phase)
+            idx_all = _flat_inner(shapes[k], strides, ps.phase, 2).ravel()
+            # the features of passes.Pass in its order, as offsets into the padded flat grids
+            c_offs = [a * strides[0] + b * strides[1] + c for a, b, c in ps.coarse]
+            s_offs = [a * strides[0] + b * strides[1] + c for a, b, c in ps.same]
+            w1p = np.ascontiguousarray(w1[:, list(ps.cols)])
+            b1p = (b1 + w1[:, ps.flag]).astype(_CTX_DTYPE)
 
-            def params(s0, idx_all=idx_all, used=used, w1p=w1p, b1p=b1p, b2k=b2k):
+            def params(s0, idx_all=idx_all, c_offs=c_offs, s_offs=s_offs, w1p=w1p, b1p=b1p, b2k=b2k):
                 idx = idx_all[s0:s0 + chunk]
-                parts = [co_p[:, idx]] + [co_p[:, idx + o] for o in faces] + \
-                        [cur_flat[:, idx + offs26[o]] for o in used]
+                parts = [co_p[:, idx + o] for o in c_offs] + [cur_flat[:, idx + o] for o in s_offs]
                 feats = np.concatenate(parts, 0).astype(_CTX_DTYPE)
                 o_ = _np_mlp(feats, w1p, b1p, w2, b2k, mids)
                 return snap_params(o_[:C], o_[C:])

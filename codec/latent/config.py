@@ -63,6 +63,11 @@ PRESETS: dict[str, LatentConfig] = {
                                 polish_steps=5, search_iters=4),
 }
 
+#: version of this family's payload (config key "v"); a reader refuses a newer one. 1: the first;
+#: 2 added entropy-coded network weights ("wq"/"wmax"), deeper context models and wider synthesis
+#: options; 3: files with a background mask (files without one are still written as 2)
+FORMAT_VERSION = 3
+
 #: what a stored config without these fields meant (files written before they existed)
 _BEFORE = {
     "ctx_passes": 2,            # before the 8-pass context: the checkerboard

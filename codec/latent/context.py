@@ -3,7 +3,6 @@ network that predicts each latent's Laplace (mean, log-scale) from what the deco
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.utils.checkpoint
 from torch import nn
@@ -11,45 +10,8 @@ from torch import nn
 from ...errors import InputError
 from .config import LatentConfig
 from ..entropy import laplace_bits
-
-
-def parity(shape: tuple[int, int, int]) -> np.ndarray:
-    """Checkerboard mask: True for the second ("B") half, coded after the first ("A") half."""
-    i, j, k = np.indices(shape, sparse=True)
-    return ((i + j + k) % 2).astype(bool)
-
-
-# 8-pass order of the 2x2x2 sub-lattices (phase bits = (i%2, j%2, k%2)): a sparse lattice first,
-# then its body centres, then the face-diagonal and finally the axis-offset sub-lattices, each pass
-# seeing every latent of the earlier passes among its 26 neighbours.
-_PASS_ORDER_8 = (0b000, 0b111, 0b011, 0b101, 0b110, 0b100, 0b010, 0b001)
-# the 26 neighbour offsets of a 3x3x3 neighbourhood, in a fixed order
-_OFFSETS_26 = tuple((a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if (a, b, c) != (0, 0, 0))
-
-
-def pass_map(shape: tuple[int, int, int], passes: int) -> np.ndarray:
-    """Coding pass (0 .. passes-1) of every latent of a level: 2 = checkerboard, 8 = 2x2x2 sub-lattices."""
-    i, j, k = np.indices(shape, sparse=True)
-    if passes == 2:
-        return ((i + j + k) % 2).astype(np.int64)
-    if passes == 8:
-        rank = np.empty(8, np.int64)
-        rank[list(_PASS_ORDER_8)] = np.arange(8)
-        return rank[4 * (i % 2) + 2 * (j % 2) + (k % 2)]
-    raise InputError(f"unsupported number of context passes {passes} (2 or 8)")
-
-
-def avail_table() -> np.ndarray:
-    """(8, 26) bool: for a latent of pass p, whether its neighbour at ``_OFFSETS_26[o]`` is decoded
-    before it (its pass is earlier). Translation invariant: the neighbour's phase is the latent's
-    phase XOR the offset's parity bits."""
-    rank = np.empty(8, np.int64)
-    rank[list(_PASS_ORDER_8)] = np.arange(8)
-    out = np.zeros((8, 26), bool)
-    for p, ph in enumerate(_PASS_ORDER_8):
-        for o, (a, b, c) in enumerate(_OFFSETS_26):
-            out[p, o] = rank[ph ^ (4 * (a & 1) + 2 * (b & 1) + (c & 1))] < p
-    return out
+from .passes import (_FACES_6, _OFFSETS_26, _PASS_ORDER_8, Pass, avail_table, n_features, parity,  # noqa: F401
+                     pass_map, pass_plan)
 
 
 def _neigh26_torch(x: torch.Tensor) -> list[torch.Tensor]:
@@ -57,10 +19,6 @@ def _neigh26_torch(x: torch.Tensor) -> list[torch.Tensor]:
     p = torch.nn.functional.pad(x, (1, 1, 1, 1, 1, 1))
     a, b, c = x.shape[1:]
     return [p[:, 1 + u:1 + u + a, 1 + v:1 + v + b, 1 + w:1 + w + c] for u, v, w in _OFFSETS_26]
-
-
-# the six face offsets, in the order of :func:`_neigh_torch` and of the coder's ``faces``
-_FACES_6 = ((-1, 0, 0), (1, 0, 0), (0, -1, 0), (0, 1, 0), (0, 0, -1), (0, 0, 1))
 
 
 def _neigh_torch(x: torch.Tensor) -> list[torch.Tensor]:
@@ -99,12 +57,17 @@ class _Gather(torch.autograd.Function):
 
 
 class ContextModel(nn.Module):
-    """Per-latent Laplace (mean, log-scale) from coarser-level and checkerboard-neighbour features.
+    """The entropy model's network: per latent, the mean and log-scale of a quantised Laplace.
 
-    Features per latent (C = channels): the coarser level upsampled here (C) and its six face
-    neighbours (6C), the six face neighbours of the same level (6C; zero for the first
-    checkerboard half), and a half flag (1).
-    One hidden ReLU layer shared by all levels, plus a per-level output bias.
+    Its inputs (listed in column order in :mod:`inrv.codec.latent.passes`) are what the decoder has
+    when the latent is decoded: the coarser level upsampled to this level (the value here and its 6
+    face neighbours, or with ``coarse=27`` its whole 3x3x3 neighbourhood) and the neighbours on this
+    level decoded in earlier passes: with ``passes=8`` the 2x2x2 sub-lattices one after the other
+    (up to 26 neighbours, plus the pass one-hot), with ``passes=2`` a checkerboard (6 face
+    neighbours for the second half, plus its flag). An MLP shared by all levels: one hidden ReLU
+    layer of ``width``, ``layers - 1`` further residual layers (``h + relu(m(h))``), and a per-level
+    output bias. :meth:`pass_bits` is the training rate of the 8-pass model, computed pass by pass
+    like the coder (:mod:`inrv.codec.latent.coder`) does.
     """
 
     def __init__(self, channels: int, width: int, levels: int, passes: int = 2, layers: int = 1,
@@ -120,7 +83,7 @@ class ContextModel(nn.Module):
         # passes 2: [coarse (C), its 6 face neighbours (6C), same-level face neighbours (6C), flag (1)]
         # passes 8: [coarse (C), its 6 face (or 26) neighbours (6C or 26C), 26 same-level neighbours (26C),
         #            pass one-hot (8)]
-        nf = 13 * channels + 1 if passes == 2 else (coarse + 26) * channels + 8
+        nf = n_features(passes, channels, coarse)
         self.l1 = nn.Linear(nf, width)
         # further hidden layers, residual: h + relu(m(h)) (they start near the one-layer model)
         self.mids = nn.ModuleList([nn.Linear(width, width) for _ in range(layers - 1)])
@@ -167,11 +130,9 @@ class ContextModel(nn.Module):
         qp = torch.nn.functional.pad(q, (1, 1, 1, 1, 1, 1))
         cp = torch.nn.functional.pad(co, (1, 1, 1, 1, 1, 1))
         B, D = q.shape[2:]
-        avail = avail_table()
-        c_offs = _OFFSETS_26 if self.coarse == 27 else _FACES_6
         plan, q_groups, c_groups = [], [], []
-        for p, ph in enumerate(_PASS_ORDER_8):
-            pa, pb, pc = (ph >> 2) & 1, (ph >> 1) & 1, ph & 1
+        for ps in pass_plan(self.coarse, C):
+            pa, pb, pc = ps.phase
             s0 = a + ((pa - a) % 2) - r_lo          # first counted local row of this phase
             e0 = b - r_lo
             if s0 >= e0 or pb >= B or pc >= D:
@@ -181,36 +142,33 @@ class ContextModel(nn.Module):
                 return (slice(None), slice(1 + s0 + u, 1 + e0 + u, 2), slice(1 + pb + v, 1 + B + v, 2),
                         slice(1 + pc + w, 1 + D + w, 2))
 
-            used = [o for o in range(26) if avail[p, o]]
             # this level: the latent itself, then its visible neighbours; the coarser grid: the
             # value here and its neighbours (one gather per grid, see _Gather)
-            q_groups.append([at(0, 0, 0)] + [at(*_OFFSETS_26[o]) for o in used])
-            c_groups.append([at(0, 0, 0)] + [at(*o) for o in c_offs])
-            plan.append((p, used))
+            q_groups.append([at(0, 0, 0)] + [at(*o) for o in ps.same])
+            c_groups.append([at(*o) for o in ps.coarse])
+            plan.append(ps)
         if not plan:
             return q.new_zeros(())
         qf = _Gather.apply(qp, q_groups)
         cf = _Gather.apply(cp, c_groups)
         total = q.new_zeros(())
-        for (p, used), qg, cg in zip(plan, qf, cf):
-            cols = list(range(self.coarse * C)) + [self.coarse * C + o * C + c for o in used for c in range(C)]
+        for ps, qg, cg in zip(plan, qf, cf):
             if checkpoint and torch.is_grad_enabled():
-                bits = torch.utils.checkpoint.checkpoint(self._pass_net, qg, cg, level, p, cols,
-                                                         use_reentrant=False)
+                bits = torch.utils.checkpoint.checkpoint(self._pass_net, qg, cg, level, ps, use_reentrant=False)
             else:
-                bits = self._pass_net(qg, cg, level, p, cols)
+                bits = self._pass_net(qg, cg, level, ps)
             total = total + bits
         return total
 
-    def _pass_net(self, qg: torch.Tensor, cg: torch.Tensor, level: int, p: int, cols: list[int]) -> torch.Tensor:
-        """Bits of one pass from its gathered latents ``qg`` (the values, then their visible
+    def _pass_net(self, qg: torch.Tensor, cg: torch.Tensor, level: int, ps: Pass) -> torch.Tensor:
+        """Bits of one pass ``ps`` from its gathered latents ``qg`` (the values, then their visible
         neighbours) and coarse features ``cg``."""
         C = self.c
         w1 = self.l1.weight
         x = qg[:C].flatten(1)
         f = torch.cat([cg, qg[C:]], 0).flatten(1)
-        bias = self.l1.bias + w1[:, (self.coarse + 26) * C + p]
-        h = torch.addmm(bias[:, None], w1[:, cols], f).relu_()
+        bias = self.l1.bias + w1[:, ps.flag]
+        h = torch.addmm(bias[:, None], w1[:, list(ps.cols)], f).relu_()
         for m in self.mids:
             h = h + torch.addmm(m.bias[:, None], m.weight, h).relu_()
         o_ = torch.addmm((self.l2.bias + self.level_bias[level])[:, None], self.l2.weight, h)
@@ -229,7 +187,7 @@ class ContextModel(nn.Module):
 def _auto_ctx_width(lmbda: float, nvox: int) -> int:
     """The context width when ``ctx_width`` is None: 24 at rates where the latents dominate the file
     (lambda <= 1e-3: about 0.4 bpv and up on 64^3) or on large volumes (>= 4 M voxels, where the
-    network is a negligible share), else 16 (measured on mni_patch64, model-latent.md step 18)."""
+    network is a negligible share), else 16 (measured on mni_patch64, design-log-latent.md step 18)."""
     return 24 if (lmbda <= 1e-3 or nvox >= 1 << 22) else 16
 
 

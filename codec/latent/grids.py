@@ -37,23 +37,34 @@ def up_torch(x: torch.Tensor, out: tuple[int, ...], rows: np.ndarray | None = No
 
     ``x`` may hold only rows ``[off, off + a)`` of a grid whose first axis has ``n0`` rows (a row
     window: the rows the output ``rows`` read must lie inside it)."""
-    for ax in range(3):
-        n_in, n_out = x.shape[ax + 1], out[ax]
-        r = rows if ax == 0 else None
-        if ax == 0 and n0 is not None:
-            n_in = n0
-        if n_in == n_out and r is None:
-            continue
+    for ax, n_in, n_out, r in _resampled_axes(x, out, rows, n0):
         i0, i1, w = _interp(n_in, n_out, r)
         if ax == 0 and off:
             i0, i1 = i0 - off, i1 - off
-        shape = [1, 1, 1, 1]
-        shape[ax + 1] = len(w)
-        wt = torch.as_tensor(w, dtype=x.dtype, device=x.device).view(shape)
+        wt = torch.as_tensor(w, dtype=x.dtype, device=x.device).view(_along(ax, len(w)))
         a = x.index_select(ax + 1, torch.as_tensor(i0, device=x.device))
         b = x.index_select(ax + 1, torch.as_tensor(i1, device=x.device))
         x = a + (b - a) * wt
     return x
+
+
+def _resampled_axes(x, out: tuple[int, ...], rows, n0: int | None):
+    """``(axis, n_in, n_out, rows)`` of each spatial axis a separable upsampling of ``x`` (C, a, b, c;
+    a tensor or an array)
+    to ``out`` resamples (``rows`` and ``n0`` apply to the first; an axis already of its size is left)."""
+    for ax in range(3):
+        n_in = n0 if ax == 0 and n0 is not None else x.shape[ax + 1]
+        r = rows if ax == 0 else None
+        if n_in == out[ax] and r is None:
+            continue
+        yield ax, n_in, out[ax], r
+
+
+def _along(ax: int, n: int) -> list[int]:
+    """The view shape of ``n`` weights along spatial axis ``ax`` of a (C, a, b, c) tensor."""
+    shape = [1, 1, 1, 1]
+    shape[ax + 1] = n
+    return shape
 
 
 def _interp_cubic(n_in: int, n_out: int, rows: np.ndarray | None = None):
@@ -76,18 +87,11 @@ def up_cubic_torch(x: torch.Tensor, out: tuple[int, ...], rows: np.ndarray | Non
                    n0: int | None = None, off: int = 0) -> torch.Tensor:
     """Like :func:`up_torch` with cubic (Keys) interpolation: smoother basis functions for the
     coarse latent levels of the synthesis."""
-    for ax in range(3):
-        n_in, n_out = x.shape[ax + 1], out[ax]
-        r = rows if ax == 0 else None
-        if ax == 0 and n0 is not None:
-            n_in = n0
-        if n_in == n_out and r is None:
-            continue
+    for ax, n_in, n_out, r in _resampled_axes(x, out, rows, n0):
         idx, w = _interp_cubic(n_in, n_out, r)
         if ax == 0 and off:
             idx = [i - off for i in idx]
-        shape = [1, 1, 1, 1]
-        shape[ax + 1] = len(w[0])
+        shape = _along(ax, len(w[0]))
         acc = None
         for ii, ww in zip(idx, w):
             term = x.index_select(ax + 1, torch.as_tensor(ii, device=x.device)) * \
@@ -99,14 +103,9 @@ def up_cubic_torch(x: torch.Tensor, out: tuple[int, ...], rows: np.ndarray | Non
 
 def up_numpy(x: np.ndarray, out: tuple[int, ...]) -> np.ndarray:
     """float64 numpy twin of :func:`up_torch` (used by the entropy coder on both sides)."""
-    for ax in range(3):
-        n_in, n_out = x.shape[ax + 1], out[ax]
-        if n_in == n_out:
-            continue
+    for ax, n_in, n_out, _ in _resampled_axes(x, out, None, None):
         i0, i1, w = _interp(n_in, n_out)
-        shape = [1, 1, 1, 1]
-        shape[ax + 1] = len(w)
         a = np.take(x, i0, axis=ax + 1)
         b = np.take(x, i1, axis=ax + 1)
-        x = a + (b - a) * w.reshape(shape)
+        x = a + (b - a) * w.reshape(_along(ax, len(w)))
     return x

@@ -3,15 +3,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from ...errors import InputError
 from ..base import Encoded
 from .config import LatentConfig
+from .fit import fit_once
 
 
-def search_lambda(fit_once, arr, cfg: LatentConfig, dev, progress) -> Encoded:
-    """Pick lambda for ``target_bpv`` / ``target_psnr``: bracket on log-lambda, then regula falsi."""
+def search_lambda(arr, cfg: LatentConfig, dev, progress) -> Encoded:
+    """Pick lambda for ``target_bpv`` / ``target_psnr``: bracket on log-lambda, then regula falsi.
+
+    Each fit gets ``dataclasses.replace(cfg, lmbda=..., steps=...)`` (``search_steps`` per search
+    fit) and stores its config laid out like ``cfg`` (:func:`~inrv.codec.latent.fit.stored_config`)."""
     by_rate = cfg.target_bpv is not None
     target = float(cfg.target_bpv if by_rate else cfg.target_psnr)
     if target <= 0:
@@ -26,7 +31,7 @@ def search_lambda(fit_once, arr, cfg: LatentConfig, dev, progress) -> Encoded:
     goal = math.log(target) if by_rate else target
     x = math.log(cfg.lmbda)
     for it in range(max(1, cfg.search_iters)):
-        e = fit_once(arr, cfg, math.exp(x), s_steps, dev, None)
+        e = fit_once(arr, dataclasses.replace(cfg, lmbda=math.exp(x), steps=s_steps), dev, None, stored_like=cfg)
         tried.append((x, measure(e), e))
         closest = min(tried, key=lambda t: abs(t[1] - goal))
         for t in tried:   # keep one volume-sized reconstruction, the closest fit's, not one per fit
@@ -55,7 +60,7 @@ def search_lambda(fit_once, arr, cfg: LatentConfig, dev, progress) -> Encoded:
     best = min(tried, key=lambda t: abs(t[1] - goal))
     lam = math.exp(best[0])
     if s_steps != cfg.steps:
-        e = fit_once(arr, cfg, lam, cfg.steps, dev, progress)
+        e = fit_once(arr, dataclasses.replace(cfg, lmbda=lam), dev, progress, stored_like=cfg)
     else:
         e = best[2]
     e.stats["search"] = [{"lambda": math.exp(t[0]), "bpv": t[2].stats["bpv_total"], "psnr": t[2].stats["psnr"]}

@@ -9,18 +9,21 @@ from torch import nn
 
 from ...errors import InputError
 from .config import LatentConfig
+from .background import expand_blocks
 from .grids import _interp, _interp_cubic, up_cubic_torch, up_torch
 
 
 class Synthesis(nn.Module):
-    """Latent values -> one intensity (on [0, 1]), with 3x3x3 spatial footprints.
+    """Latent values -> one intensity (on [0, 1]) per voxel, with a small spatial footprint.
 
-    One 3x3x3 convolution (``skip``) to one channel over two groups of inputs: the ``L*C``
-    upsampled latent channels (a *linear* path, initialised to pick the centre voxel with a
+    A final convolution (``skip``, ``kernel`` 3 or 5) to one channel over two groups of inputs: the
+    ``L*C`` upsampled latent channels (a *linear* path, initialised to pick the centre voxel with a
     weight ``delta`` per level, i.e. a Laplacian-pyramid sum; training turns it into learned
     synthesis filters) and ``conv_ch`` *non-linear* channels from a per-voxel MLP (``layers``
-    hidden ReLU layers of ``width``; their conv weights start at zero). The input must carry a
-    halo of ``HALO`` voxels on every side (see :func:`_synth_input`).
+    hidden ReLU layers of ``width``; their weights in ``skip`` start at zero). With ``convs=2`` the
+    MLP channels first pass one more 3x3x3 ReLU convolution (``mid``). The input must carry a halo
+    of ``self.halo`` voxels on every side (``kernel // 2``, plus 1 with ``mid``; see
+    :func:`_synth_input`).
     """
 
     HALO = 1    # halo of the default architecture (instances: ``self.halo``)
@@ -121,3 +124,26 @@ def rate_rows(n: int, n0: int, r0: int, r1: int) -> tuple[int, int]:
 def _make_synth(n_levels: int, cfg: LatentConfig) -> Synthesis:
     return Synthesis(n_levels * cfg.channels, cfg.synth_width, cfg.synth_layers, cfg.conv_channels,
                      cfg.synth_kernel, cfg.synth_convs)
+
+
+def synthesise(ints, deq, cfg: LatentConfig, orig, bgb, bb: int, value_range, dev) -> np.ndarray:
+    """Decoded integer latents + dequantised networks -> the volume in the original value range
+    (float32, shape ``orig``), slab by slab; background blocks exactly at the minimum."""
+    vshape = tuple(orig) + (1,) * (3 - len(orig))
+    syn = _make_synth(len(ints), cfg)
+    syn.load_state_dict({k[4:]: torch.as_tensor(v) for k, v in deq.items() if k.startswith("syn.")})
+    syn = syn.to(dev).eval()
+    lat = [torch.as_tensor(i, dtype=torch.float32, device=dev) for i in ints]
+    lo, hi = value_range
+    span = hi - lo if hi > lo else 1.0
+    out = np.empty(vshape, dtype=np.float32)
+    rows_per = max(1, min(vshape[0], (1 << 21) // max(1, vshape[1] * vshape[2])))
+    with torch.no_grad():
+        for r0 in range(0, vshape[0], rows_per):
+            r1 = min(vshape[0], r0 + rows_per)
+            o = syn(_synth_input(lat, vshape, r0, r1, cfg.upsample, syn.halo)).cpu().numpy()
+            if bgb is not None:     # background blocks: exactly the minimum (0 on this scale)
+                o[expand_blocks(bgb, bb, vshape, r0, r1)] = 0.0
+            # back to the original range in float64, slab by slab (no volume-sized float64 array)
+            out[r0:r1] = o.astype(np.float64) * span + lo
+    return out.reshape(orig)

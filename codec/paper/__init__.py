@@ -27,7 +27,9 @@ The package, one module per job::
     partition.py   the block partition of the low-res grid (numpy; read back from a file)
     network.py     PaperNet: SIREN(s) -> SRNO, and its parameter count
     slabs.py       decoding streamed over slabs of low-res rows, queries on worker threads
-    model.py       PaperModel: fit and render
+    fit.py         one fit, phase by phase on a PaperFit state: prepare, prefit, train, qat, store
+    config.py      PaperConfig, presets, FAMILY (torch-free)
+    model.py       PaperModel: fit (checks, then fit.py) and render
 
 Importing this package does not import torch: names load from their module on first use
 (``from inrv.codec.paper import PaperModel``). ``inrv.codec.siren``, ``.srno`` and ``.downsample``
@@ -50,8 +52,9 @@ _EXPORTS = {
     "network": ("PaperNet", "_build", "count_params"),
     "slabs": ("RENDER_CHUNK", "halo_rows", "_slab_rows", "_window", "_query_window", "_with_axis0", "_amp",
               "_slab_cores", "_query_range", "_predict"),
-    "model": ("_LIMITS", "MAX_RENDER_VOXELS", "FLOAT_PSNR_VOXELS", "_check_config", "_as_volume",
-              "PaperModel", "_psnr01"),
+    "fit": ("FLOAT_PSNR_VOXELS", "PaperFit", "fit_volume", "prepare", "prefit", "train", "qat", "store", "_psnr01"),
+    "config": ("PaperConfig", "normalise_ds", "_normalise", "FAMILY"),
+    "model": ("_LIMITS", "MAX_RENDER_VOXELS", "_check_config", "_as_volume", "PaperModel"),
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

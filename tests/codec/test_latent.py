@@ -92,7 +92,7 @@ def test_render_matches_reported_psnr_and_is_deterministic(tiny_fit):
     np.testing.assert_array_equal(a, b)
     p = psnr(vol, np.clip(np.rint(a), 0, 255))
     assert p == pytest.approx(enc.stats["psnr"], abs=1e-6)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="renders only its fitted shape"):
         LatentModel().render(enc, shape=(5, 5, 5))
 
 
@@ -106,7 +106,7 @@ def test_thin_and_constant_volumes():
     out = LatentModel().render(enc)
     assert np.abs(out - 7).max() < 0.5
     assert len(enc.sections["latents"]) <= 16   # background costs next to nothing
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="2D or 3D array"):
         LatentModel().fit(np.zeros((2, 2, 2, 2)), cfg)
 
 
@@ -171,7 +171,7 @@ def test_pass_orders_are_causal_and_cover_every_neighbour_pair():
             assert av[pm[i, j, k], o] != av[pm[n], back]
     cb = pass_map((4, 4, 4), 2)
     assert set(np.unique(cb)) == {0, 1} and cb.sum() == 32
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="context passes 3"):
         pass_map((4, 4, 4), 3)
 
 
@@ -281,7 +281,7 @@ def test_files_without_new_arch_fields_decode_as_checkerboard_linear():
     enc.config = old
     np.testing.assert_array_equal(LatentModel().render(enc), ref)
     bad = dict(enc.config, upsample="sinc")
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="unknown upsampling 'sinc'"):
         LatentModel().fit(vol, config_from_dict(bad))
 
 
@@ -352,7 +352,7 @@ def test_wider_synthesis_renders_slab_by_slab_like_whole(kernel, convs):
     enc = LatentModel().fit(vol, make_config("latent-tiny", steps=8, polish_steps=0, synth_kernel=kernel,
                                              synth_convs=convs), device="cpu")
     np.testing.assert_array_equal(LatentModel().render(enc), enc.reconstruction)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="unsupported synthesis"):
         Synthesis(3, 6, 1, 2, 4, 1)
 
 
@@ -488,7 +488,7 @@ def test_background_blocks_mask_expand_and_pack_round_trip():
     for r0, r1 in ((0, 11), (3, 7), (5, 6), (8, 11)):
         np.testing.assert_array_equal(expand_blocks(bb, 4, vol.shape, r0, r1), full[r0:r1])
     np.testing.assert_array_equal(unpack_blocks(pack_blocks(bb), bb.shape), bb)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="corrupt background mask"):
         unpack_blocks(pack_blocks(bb), (6, 3, 2))     # a grid that needs more bytes than stored
 
 
@@ -526,9 +526,25 @@ def test_background_mask_restores_the_background_exactly_and_codes_honestly():
     from inrv.codec.base import Encoded
 
     broken = Encoded(model="latent", config=enc.config, sections=bad, shape=enc.shape, value_range=enc.value_range)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="background mask"):
         LatentModel().render(broken)
     huge = Encoded(model="latent", config=dict(enc.config, bg_block=10**9), sections=enc.sections,
                    shape=enc.shape, value_range=enc.value_range)
-    with pytest.raises(InputError):     # a hostile block edge is refused, not expanded
+    with pytest.raises(InputError, match="background mask"):     # a hostile block edge is refused, not expanded
         LatentModel().render(huge)
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda e: dict(e.sections, latents=e.sections["latents"][:3]), "latent-model payload"),
+    (lambda e: dict(e.sections, synthesis=e.sections["synthesis"][:5]), "latent-model payload"),
+    (lambda e: {k: v for k, v in e.sections.items() if k != "latents"}, "latent-model payload"),
+])
+def test_hostile_latent_payloads_are_one_clear_input_error(tiny_fit, damage, message):
+    """A truncated or missing section is refused with a message naming the payload, never a traceback."""
+    from inrv.encoded import Encoded
+
+    _, enc, _ = tiny_fit
+    bad = Encoded(model="latent", config=enc.config, sections=damage(enc), shape=enc.shape,
+                  value_range=enc.value_range)
+    with pytest.raises(InputError, match=message):
+        LatentModel().render(bad)

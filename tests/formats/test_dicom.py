@@ -468,3 +468,11 @@ def test_mr_acquisition_attributes_survive_without_identity(tmp_path):
                    "SequenceVariant", "SliceThickness"):
             assert str(s[kw].value) == str(ref[kw].value), kw
         assert str(s.PatientName) == "" and "InstitutionName" not in s and "StudyDate" in s and s.StudyDate == ""
+
+
+def test_the_same_instance_twice_is_skipped_not_a_duplicate_slice(tmp_path):
+    files = _stack_from(local("CT_small.dcm"), tmp_path / "s", n=3)
+    shutil.copy(files[1], tmp_path / "s" / "copy_of_im1.dcm")
+    found = discover_series(tmp_path / "s")
+    assert found.series[0].images == 3 and "the same image as" in found.skipped[0].reason
+    assert read_volume(tmp_path / "s").data.shape == (128, 128, 3)
