@@ -24,4 +24,4 @@ PRESETS = {
 }
 
 FAMILY = FamilySpec(name="nearlossless", config=NearLosslessConfig, presets=PRESETS,
-                    model="inrv.codec.nearlossless:NearLosslessModel")
+                    model="inrv.codec.nearlossless.model:NearLosslessModel")
