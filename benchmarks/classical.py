@@ -223,6 +223,77 @@ def _gzip_nifti(vol, level):
     return len(enc), dec, te, td
 
 
+# ---------------------------------------------------------------- error-bounded and lossless anchors (issue #16)
+# Integer data with a bound E (stored units). A float codec given the bound E + 0.499 and rounded back to the
+# integer dtype is still within E (|y - x| < E + 1/2 and x integral), so the float codecs get that slack.
+
+def _int_slack(vol, bound):
+    return float(bound) + 0.499 if np.issubdtype(vol.dtype, np.integer) else float(bound)
+
+
+def _sz3_int(vol, bound):
+    ic = _ic()
+    f = _float_view(vol)
+    enc, te = _timed(ic.sz3_encode, f, mode="abs", abs=_int_slack(vol, bound))
+    dec, td = _timed(ic.sz3_decode, enc, shape=f.shape, dtype=f.dtype)
+    return len(enc), dec, te, td
+
+
+def _sperr_pwe(vol, bound):
+    ic = _ic()
+    f = _float_view(vol)
+    enc, te = _timed(ic.sperr_encode, f, _int_slack(vol, bound), "pwe", numthreads=1)
+    dec, td = _timed(ic.sperr_decode, enc, numthreads=1)
+    return len(enc), dec.reshape(vol.shape), te, td
+
+
+def _quantised(vol, bound):
+    """Uniform quantisation with bins of width 2E+1 (|error| <= E): (indices, decoder)."""
+    q = 2 * int(bound) + 1
+    x = vol.astype(np.int64)
+    lo = int(x.min())
+    idx = (x - lo + int(bound)) // q
+    span = int(idx.max()) if idx.size else 0
+    dt = np.uint8 if span < 256 else (np.uint16 if span < 65536 else np.uint32)
+    hi = int(x.max())
+
+    def back(i):
+        return np.minimum(i.astype(np.int64) * q + lo, hi)
+    return np.ascontiguousarray(idx.astype(dt)), back
+
+
+def _quant_xz(vol, bound):
+    import lzma
+
+    idx, back = _quantised(vol, bound)
+    enc, te = _timed(lzma.compress, idx.tobytes(), preset=9 | lzma.PRESET_EXTREME)
+    dec, td = _timed(lzma.decompress, enc)
+    return len(enc), back(np.frombuffer(dec, dtype=idx.dtype).reshape(vol.shape)), te, td
+
+
+def _quant_zstd(vol, bound):
+    import zstandard
+
+    idx, back = _quantised(vol, bound)
+    enc, te = _timed(zstandard.ZstdCompressor(level=19).compress, idx.tobytes())
+    dec, td = _timed(zstandard.ZstdDecompressor().decompress, enc)
+    return len(enc), back(np.frombuffer(dec, dtype=idx.dtype).reshape(vol.shape)), te, td
+
+
+def _jpeg2k_lossless(vol, _):
+    ic = _ic()
+    return _per_slice(vol, lambda s, bits: ic.jpeg2k_encode(s, level=0, codecformat="J2K", reversible=True,
+                                                            bitspersample=bits, numthreads=1),
+                      lambda b: ic.jpeg2k_decode(b, numthreads=1))
+
+
+def _jpegxl_lossless(vol, effort):
+    ic = _ic()
+    return _per_slice(vol, lambda s, bits: ic.jpegxl_encode(s, lossless=True, effort=int(effort), bitspersample=bits,
+                                                            numthreads=1),
+                      lambda b: ic.jpegxl_decode(b, numthreads=1))
+
+
 CODECS: dict[str, Codec] = {c.name: c for c in [
     Codec("sperr", "3D", "SPERR 3D (bpp)", "bpv",
           (0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.65, 0.775, 1.0, 1.5, 2.0, 3.0), (0.2, 0.5, 1.0, 2.0), _sperr),
@@ -241,6 +312,14 @@ CODECS: dict[str, Codec] = {c.name: c for c in [
           (24, 16, 12, 8, 6, 4, 3, 2, 1), (8, 3, 1), _jpegls),
     Codec("zstd", "lossless", "zstd -19 (lossless)", "level", (19,), (19,), _zstd),
     Codec("gzip-nifti", "lossless", "gzip NIfTI (lossless)", "level", (6,), (6,), _gzip_nifti),
+    # error-bounded (parameter = max error E in stored units; E = 0 lossless) and lossless anchors
+    Codec("sz3-bound", "bounded", "SZ3 3D (ABS = E)", "E", (0, 1, 2, 4, 8), (1, 4), _sz3_int),
+    Codec("sperr-pwe", "bounded", "SPERR 3D (PWE = E)", "E", (1, 2, 4, 8), (1, 4), _sperr_pwe),
+    Codec("jpegls-near", "bounded", "JPEG-LS 2D (NEAR = E)", "E", (0, 1, 2, 4, 8), (0, 4), _jpegls),
+    Codec("quant-xz", "bounded", "quantise 2E+1 + xz -9e", "E", (0, 1, 2, 4, 8), (0, 4), _quant_xz),
+    Codec("quant-zstd", "bounded", "quantise 2E+1 + zstd -19", "E", (0, 1, 2, 4, 8), (0, 4), _quant_zstd),
+    Codec("jpeg2k-lossless", "lossless", "JPEG 2000 2D lossless (5/3)", "level", (0,), (0,), _jpeg2k_lossless),
+    Codec("jpegxl-lossless", "lossless", "JPEG XL 2D lossless", "effort", (7,), (7,), _jpegxl_lossless),
 ]}
 
 
@@ -260,7 +339,8 @@ def sweep(name: str, vol: np.ndarray, params=None, *, quick: bool = False) -> li
 def available(name: str) -> bool:
     """Whether the installed imagecodecs (or zstandard/nibabel) can run codec ``name``."""
     attr = {"sperr": "SPERR", "sz3": "SZ3", "zfp": "ZFP", "jpeg2k": "JPEG2K", "htj2k": "HTJ2K",
-            "jpegxl": "JPEGXL", "jpegls": "JPEGLS"}.get(name)
+            "jpegxl": "JPEGXL", "jpegls": "JPEGLS", "sz3-bound": "SZ3", "sperr-pwe": "SPERR",
+            "jpegls-near": "JPEGLS", "jpeg2k-lossless": "JPEG2K", "jpegxl-lossless": "JPEGXL"}.get(name)
     if attr is None:
         return name in CODECS
     try:

@@ -46,7 +46,7 @@ ANCHOR = "sperr"
 CSV_FIELDS = ["volume", "codec", "label", "kind", "param", "bytes", "voxels", "bpv", "psnr", "psnr_fg", "ssim",
               "max_abs_err", "enc_s", "dec_s", "device", "peak_gpu_mib", "note"]
 MAX_END_STEP_DB = 10.0    # no PSNR extrapolation from an end segment that jumps more than this
-RATE_KEYS = ("target_bpv", "lmbda", "target_psnr")   # overrides that move along one rate curve
+RATE_KEYS = ("target_bpv", "lmbda", "target_psnr", "max_error")   # overrides that move along one rate curve
 
 
 @dataclass
@@ -149,11 +149,15 @@ def default_inrv_points(quick: bool) -> list[tuple[str, dict[str, Any]]]:
         pts = [("tiny", {})]
         if "latent-tiny" in PRESETS:
             pts.append(("latent-tiny", {}))
+        if "lossless" in PRESETS:          # the error-bounded coder (issue #16): seconds, no training
+            pts += [("lossless", {"max_error": e}) for e in (1, 4)]
         return pts
     pts = [("paper", {})] if "paper" in PRESETS else []
     for name in ("fast", "balanced", "best"):
         if name in PRESETS:
             pts += [(name, {"target_bpv": t}) for t in (0.25, 0.5, 1.0, 2.0)]
+    if "lossless" in PRESETS:
+        pts += [("lossless", {"max_error": e}) for e in (0, 1, 2, 4, 8, 16)]
     return pts
 
 

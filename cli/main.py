@@ -184,7 +184,8 @@ def encode(src: Path, output: Path | None, device: str | None, force: bool, as_j
     if _same_path(src, dst):
         raise UsageError(f"the output {dst} is the input; choose another -o")
     check_output(dst, force=force, suffixes=(INRV_SUFFIX,))     # suffix, -f, folder writable: before training
-    _check_device(device)
+    if config.model != "nearlossless":        # the nearlossless coder runs on numpy alone (no torch)
+        _check_device(device)
     check_preview(preview, force)
     config = _budget_from_start(config)
     log(f"inrv: {src} -> {dst}: model {config.model}, {config.steps} steps, device {device or 'auto'}", 1)

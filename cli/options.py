@@ -41,9 +41,11 @@ PROG = "inrv"
 
 # CLI option name -> config field name (the options of encoding_options that go into a config)
 OPTION_FIELDS = {"ds": "ds", "nc": "nc", "sn": "sn", "epochs": "steps", "seed": "seed",
-                 "bpv": "target_bpv", "psnr": "target_psnr", "lmbda": "lmbda", "time_budget": "time_budget"}
+                 "bpv": "target_bpv", "psnr": "target_psnr", "lmbda": "lmbda", "time_budget": "time_budget",
+                 "max_error": "max_error"}
 _FLAG = {"ds": "--ds", "nc": "--nc", "sn": "--sn", "epochs": "--epochs", "seed": "--seed",
-         "bpv": "--bpv", "psnr": "--psnr", "lmbda": "--lambda", "time_budget": "--time-budget"}
+         "bpv": "--bpv", "psnr": "--psnr", "lmbda": "--lambda", "time_budget": "--time-budget",
+         "max_error": "--max-error"}
 
 
 def parse_duration(text: str) -> float:
@@ -175,6 +177,11 @@ def encoding_options(f: Callable) -> Callable:
                      help="latent: finish the whole encode (search included) in about this time on this "
                           "machine, e.g. 90s, 2m, 1h; the training steps are planned to fit "
                           "(--steps is then an upper bound)."),
+        click.option("--max-error", "max_error", type=click.FloatRange(min=0), default=None, metavar="E",
+                     help="Guarantee |decoded - original| <= E for every voxel, in the file's stored units "
+                          "(e.g. HU); E = 0 is lossless. Uses the nearlossless coder (no training)."),
+        click.option("--lossless", is_flag=True, default=None,
+                     help="Lossless (same as --max-error 0): integer voxels come back bit-exact."),
         click.option("--keep-private", is_flag=True,
                      help="Keep names in the NIfTI descrip/aux_file and DICOM patient tags "
                           "(default: they are blanked in the .inrv file)."),
@@ -202,6 +209,8 @@ _LATENT_ONLY = ("bpv", "psnr", "lmbda", "time_budget")
 def _model_of(opts: dict[str, Any]) -> str | None:
     """``--model``, else the family implied by family-only options when no ``--preset`` is given
     (``inrv encode x --ds 4`` means the paper model, ``inrv encode x --bpv 0.5`` the latent one)."""
+    if opts.get("max_error") is not None or opts.get("lossless"):
+        return opts.get("model") or (None if opts.get("preset") else "nearlossless")
     if opts.get("model") or opts.get("preset"):
         return opts.get("model")
     paper = any(opts.get(k) is not None for k in _PAPER_ONLY)
@@ -229,7 +238,10 @@ def config_overrides(**opts: Any) -> dict[str, Any]:
 
     ``config_overrides(epochs=5, bpv=None, ds="2,2,1") == {"steps": 5, "ds": "2,2,1"}``.
     """
-    return {OPTION_FIELDS[k]: v for k, v in opts.items() if k in OPTION_FIELDS and v is not None}
+    out = {OPTION_FIELDS[k]: v for k, v in opts.items() if k in OPTION_FIELDS and v is not None}
+    if opts.get("lossless"):
+        out["max_error"] = 0.0
+    return out
 
 
 def build_config(**opts: Any):
@@ -240,6 +252,8 @@ def build_config(**opts: Any):
     """
     from ..codec.config import make_config
 
+    if opts.get("lossless") or opts.get("max_error") is not None:
+        _check_bounded(opts)
     name = resolve_preset(opts.get("preset"), _model_of(opts))
     base = PRESETS[name]
     fields = {f.name for f in dataclasses.fields(base)}
@@ -255,6 +269,24 @@ def build_config(**opts: Any):
     if opts.get("time_budget") is not None and opts.get("epochs") is None:
         over["steps"] = 1_000_000       # the budget decides; the step count is only an upper bound
     return make_config(name, **over)
+
+
+def _check_bounded(opts: dict[str, Any]) -> None:
+    """--max-error/--lossless: the bound sets the rate, so rate targets and network options do not apply."""
+    flag = "--lossless" if opts.get("lossless") else "--max-error"
+    if opts.get("lossless") and opts.get("max_error") not in (None, 0, 0.0):
+        raise UsageError("give --lossless or --max-error E, not both")
+    for k in ("bpv", "psnr"):
+        if opts.get(k) is not None:
+            raise UsageError(f"{flag} sets the rate itself (the smallest file within the bound); "
+                             f"it does not combine with {_FLAG[k]}")
+    for k in ("ds", "nc", "sn", "epochs"):
+        if opts.get(k) is not None:
+            raise UsageError(f"{_FLAG[k]} does not apply with {flag} (the nearlossless coder trains no network)")
+    fam = opts.get("model") or (PRESETS[opts["preset"]].model if opts.get("preset") in PRESETS else None)
+    if fam not in (None, "nearlossless"):
+        raise UsageError(f"{flag} uses the nearlossless coder; it does not go with the {fam!r} model "
+                         "(a neural layer with a residual bound is not implemented yet)")
 
 
 # --------------------------------------------------------------------------- errors

@@ -43,7 +43,9 @@ def encode_summary_line(src: Any, dst: Any, summary: Any) -> str:
     :class:`inrv.Summary`."""
     secs = summary.seconds if summary.seconds is not None else summary.encode_seconds
     return (f"{src} -> {dst}: {human_bytes(summary.file_bytes)}, {_num(summary.bpv, '.3f')} bpv, "
-            f"PSNR {_num(summary.psnr, '.2f', ' dB')}, SSIM {_num(summary.ssim, '.4f')}, {_num(secs, '.1f', ' s')}")
+            f"PSNR {_num(summary.psnr, '.2f', ' dB')}, SSIM {_num(summary.ssim, '.4f')}, "
+            + (f"max|err| {_num(summary.max_abs_err, '.6g')}, " if summary.max_abs_err is not None else "")
+            + f"{_num(secs, '.1f', ' s')}")
 
 
 def decode_summary_line(src: Any, dst: Any, shape: Any, dtype: Any, seconds: float) -> str:

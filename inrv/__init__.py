@@ -54,6 +54,8 @@ def encode(data: Volume | np.ndarray, config: Any = None, *, device: str | None 
     array = data.data if isinstance(data, Volume) else np.asarray(data)
     if array.ndim != 3:
         raise InputError(f"expected a 3D volume, got {array.ndim} dimensions {tuple(array.shape)}")
+    if config is None and overrides.get("max_error") is not None:
+        config = "lossless"           # a bound alone picks the nearlossless coder
     cfg = make_config(config, **overrides)
     extra = {"file_bytes": file_bytes} if file_bytes is not None else {}
     return get_model(cfg.model).fit(array, cfg, device=device, progress=progress, **extra)
@@ -121,8 +123,25 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, config: Any = None,
     del recon
     enc.stats.update(quality(vol.data, restored))
     enc.stats["encode_seconds"] = seconds
+    enc = _never_larger_than_lossless(enc, vol)
     write_inrv(dst, enc, vol, force=force)
     return Summary.from_info(inrv_info(dst), seconds=seconds)
+
+
+def _never_larger_than_lossless(enc: Encoded, vol: Volume) -> Encoded:
+    """The lossless encoding of integer voxels instead of ``enc`` when that file would be smaller (its
+    config then says ``fallback: <family of enc>``): no option makes a file larger than lossless."""
+    from .codec.metrics import quality
+    from .formats.inrvfile import to_bytes
+
+    if vol.data.dtype.kind not in "iu" or (enc.model == "nearlossless" and enc.config.get("E") == 0):
+        return enc
+    alt = encode(vol, "lossless")
+    alt.config["fallback"] = enc.model
+    alt.reconstruction = None
+    alt.stats.update(quality(vol.data, vol.data))
+    alt.stats["encode_seconds"] = enc.stats.get("encode_seconds", 0.0) + alt.stats.get("encode_seconds", 0.0)
+    return alt if len(to_bytes(alt, vol)) < len(to_bytes(enc, vol)) else enc
 
 
 def restore(src: str | os.PathLike, *, shape: tuple[int, int, int] | None = None,

@@ -22,6 +22,7 @@ import numpy as np
 FAMILIES: dict[str, str] = {
     "paper": "inrv.codec.paper",
     "latent": "inrv.codec.latent",
+    "nearlossless": "inrv.codec.nearlossless",
 }
 
 # progress(step, total, info) is called by training loops; info holds e.g. {"loss": float}.

