@@ -318,11 +318,45 @@ def validate_paper(conf: Mapping[str, Any], shape: tuple[int, ...]) -> None:
                              f"{_P['blocks']}: a corrupt or unsupported file")
 
 
+# --------------------------------------------------------------------------- nearlossless family
+
+NEARLOSSLESS_VERSION = 1
+_BIG = 1 << 62
+NEARLOSSLESS_FIELDS: dict[str, tuple[_Check, str]] = {
+    "max_error": (Num(0.0), "a finite number >= 0"),
+    "E": (Int(0, 1 << 40), "an int 0..2**40"),
+    "lo": (Int(-_BIG, _BIG), "an int"), "hi": (Int(-_BIG, _BIG), "an int"),
+    "root": (Int(-_BIG, _BIG), "an int"), "mode": (Int(-_BIG, _BIG), "an int"),
+    "mirror": (Int(0, 2), "an axis 0..2"),
+    "order": (lambda v: isinstance(v, list) and all(_is_int(x) for x in v) and sorted(v) == [0, 1, 2],
+              "a permutation of 0, 1, 2"),
+    "step": (Num(1e-300), "a finite number > 0"),
+    "grid": (lambda v: IntList(3, -_BIG, _BIG)(v) and v[1] >= 1 and v[0] <= v[2], "[g0, q >= 1, g1 >= g0]"),
+    "fallback": (lambda v: isinstance(v, str) and 0 < len(v) <= 64, "a family id"),
+}
+
+
+def validate_nearlossless(conf: Mapping[str, Any], shape: tuple[int, ...]) -> None:
+    """docs/format.md section 13."""
+    m = "nearlossless"
+    v = conf.get("v")
+    if not _is_int(v) or v < 1:
+        raise _fail(m, "v", v, "a payload version >= 1")
+    if v > NEARLOSSLESS_VERSION:
+        raise UnsupportedVersionError(f"nearlossless payload version {v} is newer than this reader "
+                                      f"({NEARLOSSLESS_VERSION}): upgrade inrv")
+    _require(m, conf, ("E", "lo", "hi", "root", "mode"))
+    _check_fields(m, conf, NEARLOSSLESS_FIELDS)
+    if not conf["lo"] <= conf["root"] <= conf["hi"] or not conf["lo"] <= conf["mode"] <= conf["hi"]:
+        raise _fail(m, "root", conf["root"], "lo <= root, mode <= hi")
+
+
 # --------------------------------------------------------------------------- entry point
 
 _VALIDATORS: dict[str, Callable[[Mapping[str, Any], tuple[int, ...]], None]] = {
     "latent": validate_latent,
     "paper": validate_paper,
+    "nearlossless": validate_nearlossless,
 }
 
 

@@ -157,6 +157,8 @@ def test_every_preset_passes_the_schema():
             d.pop("bg_block")
             n = len(schema.latent_level_shapes((64, 64, 64), d["levels"]))
             d["wq"] = [[0, 0]] * len(schema.latent_tensor_shapes(schema.latent_defaults(d), n))
+        elif cfg.model == "nearlossless":       # what fit adds: payload version and the coded range
+            d.update({"v": 1, "E": int(d["max_error"]), "lo": 0, "hi": 255, "root": 0, "mode": 0})
         else:
             d.update({"lr_shape": [32, 32, 32], "quant": {"scheme": "affine-v1", "tensors": {}}})
         schema.validate_config(cfg.model, d, (64, 64, 64))
