@@ -102,7 +102,11 @@ class NearLosslessModel:
             R = coder.decode(tuple(encoded.shape), c, encoded.sections)
         except MemoryError:
             raise
-        except Exception as e:   # constriction reports a bad stream with AssertionError/ValueError
+        except BaseException as e:   # constriction reports a bad stream with AssertionError/ValueError,
+            from ..schema import is_library_panic    # or a Rust panic (a BaseException)
+
+            if not (isinstance(e, Exception) or is_library_panic(e)) or isinstance(e, KeyboardInterrupt):
+                raise
             raise FormatError(f"corrupt nearlossless payload: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
                               ) from None
         out = R.astype(np.float64)

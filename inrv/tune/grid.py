@@ -254,6 +254,11 @@ def run_cells(src: Path, cells: list[Cell], settings: RunSettings, out: Path, *,
                        seconds=time.perf_counter() - t0, train_seconds=_num(m.get("train_seconds")),
                        device=m.get("device"), file=str(dst.relative_to(out)),
                        config={k: v for k, v in summary.get("config", {}).items() if k != "quant"})
+            if summary.get("model") != c.model or (summary.get("config") or {}).get("fallback"):
+                # inrv.compress stored the lossless coding instead (smaller than this model's file): the
+                # cell says nothing about the model, so it is reported but left out of Eq. 8
+                rec.update(status="fallback", error=f"stored as {summary.get('model')} (smaller than the "
+                           f"{c.model} model's file)")
         except Exception as exc:  # noqa: BLE001 - one failed cell must not end a long grid run
             rec.update(status="failed", error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - t0)
             log(f"inrv tune: cell {c.name} failed: {rec['error']}")
