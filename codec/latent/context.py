@@ -126,28 +126,25 @@ class ContextModel(nn.Module):
         its network there (``torch.utils.checkpoint``): ~7x less activation memory for the rate, for
         one more forward pass of the context network (used on GPUs, where memory is the limit)."""
         total = q.new_zeros(())
-        for p, cols, qg, cg in self.pass_inputs(q, coarse, r_lo, a, b):
+        for ps, qg, cg in self.pass_inputs(q, coarse, r_lo, a, b):
             if checkpoint and torch.is_grad_enabled():
-                bits = torch.utils.checkpoint.checkpoint(self._pass_net, qg, cg, level, p, cols,
-                                                         use_reentrant=False)
+                bits = torch.utils.checkpoint.checkpoint(self._pass_net, qg, cg, level, ps, use_reentrant=False)
             else:
-                bits = self._pass_net(qg, cg, level, p, cols)
+                bits = self._pass_net(qg, cg, level, ps)
             total = total + bits
         return total
 
     def pass_inputs(self, q: torch.Tensor, coarse: torch.Tensor | None, r_lo: int, a: int, b: int) -> list:
-        """The gathered inputs of :meth:`pass_bits`, per pass ``(p, cols, qg, cg)``: they depend on the
-        latents only, so a search over the network's weights gathers them once (``_pass_net`` each time)."""
+        """The gathered inputs of :meth:`pass_bits`, per pass ``(ps, qg, cg)``: they depend on the latents
+        only, so a search over the network's weights gathers them once (``_pass_net`` each time)."""
         C = self.c
         co = coarse if coarse is not None else torch.zeros_like(q)
         qp = torch.nn.functional.pad(q, (1, 1, 1, 1, 1, 1))
         cp = torch.nn.functional.pad(co, (1, 1, 1, 1, 1, 1))
         B, D = q.shape[2:]
-        avail = avail_table()
-        c_offs = _OFFSETS_26 if self.coarse == 27 else _FACES_6
         plan, q_groups, c_groups = [], [], []
-        for p, ph in enumerate(_PASS_ORDER_8):
-            pa, pb, pc = (ph >> 2) & 1, (ph >> 1) & 1, ph & 1
+        for ps in pass_plan(self.coarse, C):
+            pa, pb, pc = ps.phase
             s0 = a + ((pa - a) % 2) - r_lo          # first counted local row of this phase
             e0 = b - r_lo
             if s0 >= e0 or pb >= B or pc >= D:
@@ -157,18 +154,16 @@ class ContextModel(nn.Module):
                 return (slice(None), slice(1 + s0 + u, 1 + e0 + u, 2), slice(1 + pb + v, 1 + B + v, 2),
                         slice(1 + pc + w, 1 + D + w, 2))
 
-            used = [o for o in range(26) if avail[p, o]]
             # this level: the latent itself, then its visible neighbours; the coarser grid: the
             # value here and its neighbours (one gather per grid, see _Gather)
-            q_groups.append([at(0, 0, 0)] + [at(*_OFFSETS_26[o]) for o in used])
-            c_groups.append([at(0, 0, 0)] + [at(*o) for o in c_offs])
-            plan.append((p, used))
+            q_groups.append([at(0, 0, 0)] + [at(*o) for o in ps.same])
+            c_groups.append([at(*o) for o in ps.coarse])
+            plan.append(ps)
         if not plan:
             return []
         qf = _Gather.apply(qp, q_groups)
         cf = _Gather.apply(cp, c_groups)
-        return [(p, list(range(self.coarse * C)) + [self.coarse * C + o * C + c for o in used for c in range(C)],
-                 qg, cg) for (p, used), qg, cg in zip(plan, qf, cf)]
+        return list(zip(plan, qf, cf))
 
     def _pass_net(self, qg: torch.Tensor, cg: torch.Tensor, level: int, ps: Pass) -> torch.Tensor:
         """Bits of one pass ``ps`` from its gathered latents ``qg`` (the values, then their visible

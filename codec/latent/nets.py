@@ -113,8 +113,8 @@ def _cached_bits(ctx: ContextModel, inputs, scaled: bool) -> float:
         for k, scale, chunks in inputs:
             for ins in chunks:
                 lv = 0.0
-                for p, cols, qg, cg in ins:
-                    lv = lv + ctx._pass_net(qg, cg, k, p, cols)
+                for ps, qg, cg in ins:
+                    lv = lv + ctx._pass_net(qg, cg, k, ps)
                 tot = tot + lv * scale if scaled else tot + float(lv)
         return float(tot)
 
