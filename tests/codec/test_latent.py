@@ -544,7 +544,7 @@ def test_background_mask_restores_the_background_exactly_and_codes_honestly():
         LatentModel().render(broken)
     huge = Encoded(model="latent", config=dict(enc.config, bg_block=10**9), sections=enc.sections,
                    shape=enc.shape, value_range=enc.value_range)
-    with pytest.raises(InputError, match="background mask"):     # a hostile block edge is refused, not expanded
+    with pytest.raises(InputError, match="bg_block=1000000000"):  # a hostile block edge is refused, not expanded
         LatentModel().render(huge)
 
 
