@@ -14,7 +14,7 @@ import pytest
 tomllib = pytest.importorskip("tomllib")     # Python >= 3.11
 
 ROOT = Path(__file__).resolve().parents[2]
-PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 PROJECT = PYPROJECT["project"]
 
 
@@ -68,9 +68,9 @@ def test_entry_point_typed_marker_and_metadata():
 
 
 def test_changelog_and_citation_are_where_the_docs_say():
-    assert "changelog.md" in (ROOT / "docs" / "format.md").read_text()
-    assert (ROOT / "docs" / "changelog.md").read_text().strip() == '--8<-- "CHANGELOG.md"'
-    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert "changelog.md" in (ROOT / "docs" / "format.md").read_text(encoding="utf-8")
+    assert (ROOT / "docs" / "changelog.md").read_text(encoding="utf-8").strip() == '--8<-- "CHANGELOG.md"'
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
     assert "format **1.0**" in changelog
-    cff = (ROOT / "CITATION.cff").read_text()
+    cff = (ROOT / "CITATION.cff").read_text(encoding="utf-8")
     assert "cff-version: 1.2.0" in cff and "10.1371/journal.pone.0314944" in cff

@@ -453,7 +453,7 @@ def test_encode_picks_a_series(tmp_path):
     assert res.exit_code == 0, res.output
     import inrv
 
-    assert list(inrv.info(tmp_path / "b.inrv")["shape"]) == [64, 64, 4]
+    assert list(inrv.info(tmp_path / "b.inrv").shape) == [64, 64, 4]
 
 
 def test_mr_acquisition_attributes_survive_without_identity(tmp_path):
