@@ -136,9 +136,11 @@ def sidecar_for(image: str | os.PathLike) -> Path | None:
     return None if stem is None else image.with_name(stem + ".json")
 
 
-def lossy_note(*, ratio: float | None, method: str, figures: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The sidecar keys of :data:`LOSSY_KEYS` for an image decoded from an ``.inrv`` file."""
-    note: dict[str, Any] = {"LossyImageCompression": "01"}
+def lossy_note(*, ratio: float | None, method: str, figures: dict[str, Any] | None = None,
+               exact: bool = False) -> dict[str, Any]:
+    """The sidecar keys of :data:`LOSSY_KEYS` for an image decoded from an ``.inrv`` file; ``exact``: the file
+    was coded losslessly (max error 0), ``LossyImageCompression`` is then ``"00"``."""
+    note: dict[str, Any] = {"LossyImageCompression": "00" if exact else "01"}
     if ratio is not None and ratio > 0:
         note["LossyImageCompressionRatio"] = round(float(ratio), 2)
     note["LossyImageCompressionMethod"] = method

@@ -128,7 +128,8 @@ def decompress_tree(src: str | os.PathLike, dst: str | os.PathLike, *, device: s
                        "MaxAbsError": _finite(summary.max_abs_err), "BitsPerVoxel": round(summary.bpv, 4),
                        "FileBytes": summary.file_bytes}
             bids.mark_lossy(sidecar, bids.lossy_note(ratio=lossy.get("lossy_ratio"),
-                                                     method=f"inrv {__version__} {summary.model}", figures=figures))
+                                                     method=f"inrv {__version__} {summary.model}", figures=figures,
+                                                     exact=summary.max_abs_err == 0))
             report["sidecars"].append(sidecar.relative_to(dst).as_posix())
     return report
 

@@ -91,3 +91,18 @@ def test_zarr3_array_written_and_read_back(tmp_path):
     assert back.shape == a.shape and back.dtype == a.dtype
     assert psnr(a, back) > 15
     np.testing.assert_array_equal(r[8:, 3:9, :], back[8:, 3:9, :])   # a partial read decodes one chunk
+
+
+def test_max_error_is_a_guaranteed_bound():
+    from inrv import PRESETS
+
+    if not any(getattr(p, "model", None) == "nearlossless" for p in PRESETS.values()):
+        pytest.skip("this inrv has no nearlossless family")
+    a = (np.random.default_rng(0).normal(size=(16, 14, 12)) * 100).astype(np.int16)
+    for bound in (0, 2):
+        codec = Inrv(max_error=bound)
+        back = numcodecs.get_codec(codec.get_config()).decode(codec.encode(a))
+        assert back.dtype == a.dtype and int(np.abs(back.astype(np.int64) - a).max()) <= bound
+    assert np.array_equal(Inrv(max_error=0).decode(Inrv(max_error=0).encode(a)), a)
+    with pytest.raises(UsageError):
+        Inrv(max_error=1, bpv=0.5)
