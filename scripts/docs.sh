@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 . .venv/bin/activate
 python -m pip install -q -e ".[docs]"
+python scripts/mkdocs_hooks.py
 NO_MKDOCS_2_WARNING=1 mkdocs build --strict --site-dir "${1:-site}"
