@@ -27,6 +27,7 @@ reader kept, and the patient/study identity only when the reader kept it (``keep
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -132,25 +133,45 @@ def _code(value: str, scheme: str, meaning: str):
     return c
 
 
-def write_series(volume: Volume, folder: Path) -> None:
-    """Write ``volume`` as a DICOM series into the (existing, empty) ``folder``, one slice at a time."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.sequence import Sequence
+@dataclass(frozen=True)
+class _Series:
+    """What every slice of one written series shares: the IOD, the new UIDs, the kept attributes."""
+    volume: Volume
+    geometry: Geometry
+    plan: dict[str, Any]
+    kept: dict[str, str]
+    from_dicom: bool
+    lossy: dict[str, Any]
+    sop_class: str
+    modality: str
+    fallback_from: str | None
+    identity_kept: bool
+    direction: np.ndarray
+    origin: np.ndarray
+    study_uid: str
+    series_uid: str
+    frame_uid: str
+    series_desc: str
+    series_number: str
+    p_lo: float
+    p_hi: float
+    charset: str | None
+    copy_keys: list[str]
 
-    data = volume.data
+
+def _check_shape(data: np.ndarray) -> None:
+    """Refuse a volume the CT/MR Image IODs cannot hold, with the format to write instead."""
     if data.ndim != 3 or min(data.shape) < 2:
         raise InputError(f"DICOM output needs at least 2 slices of at least 2 x 2 pixels, got shape "
                          f"{tuple(data.shape)}; write NIfTI, NRRD or MHA instead")
-    nx, ny, nz = data.shape
+    nx, ny, _ = data.shape
     if max(nx, ny) > 65535:
         raise InputError(f"DICOM slices have at most 65535 rows/columns, got {nx} x {ny}; write NIfTI instead")
-    plan = pixel_plan(volume)
-    g, flipped = _right_handed(volume.geometry, nz)
-    src = volume.source if isinstance(volume.source, dict) else {}
-    dicom_src = src.get("dicom") or {}
+
+
+def _series_plan(volume: Volume, plan: dict[str, Any], g: Geometry, dicom_src: dict, lossy: dict) -> _Series:
+    """The per-series values: IOD, UIDs (kept or new), description, number, window, charset, kept keys."""
     kept: dict[str, str] = {str(k).lower(): str(v) for k, v in (dicom_src.get("tags") or {}).items()}
-    sources = [s for s in (dicom_src.get("sources") or []) if isinstance(s, (list, tuple)) and len(s) >= 2]
-    lossy = src.get("lossy") or {}
     sop_class, modality, fallback_from = _iod(volume, kept)
     if modality == "CT":
         plan["bits_stored"] = 16  # the CT Image module allows BitsStored 12..16 only: 8-bit data read back as 16-bit
@@ -179,120 +200,172 @@ def write_series(volume: Volume, folder: Path) -> None:
     copy_keys = list(_GENERAL) + list(_CT_ONLY if modality == "CT" else _MR_ONLY if not fallback_from else ())
     if identity_kept:
         copy_keys += list(_IDENTITY)
+    return _Series(volume=volume, geometry=g, plan=plan, kept=kept, from_dicom=bool(dicom_src), lossy=lossy,
+                   sop_class=sop_class, modality=modality, fallback_from=fallback_from,
+                   identity_kept=identity_kept, direction=d, origin=origin, study_uid=study_uid,
+                   series_uid=series_uid, frame_uid=frame_uid, series_desc=series_desc,
+                   series_number=series_number, p_lo=p_lo, p_hi=p_hi, charset=charset, copy_keys=copy_keys)
+
+
+def _set_study_and_series(x, s: _Series) -> None:
+    """Patient, General Study/Series, Frame of Reference, Equipment and the derivation of one slice."""
+    from pydicom.sequence import Sequence
+
+    if s.charset:
+        x.SpecificCharacterSet = s.charset
+    x.ImageType = ["DERIVED", "SECONDARY", "AXIAL" if s.modality == "CT" else "OTHER"]
+    x.SOPClassUID = s.sop_class
+    # Patient (Type 2) and General Study (Type 1/2): empty unless kept on purpose
+    x.PatientName = ""
+    x.PatientID = ""
+    x.PatientBirthDate = ""
+    x.PatientSex = ""
+    x.StudyDate = ""
+    x.StudyTime = ""
+    x.AccessionNumber = ""
+    x.ReferringPhysicianName = ""
+    x.StudyID = ""
+    x.StudyInstanceUID = s.study_uid
+    # General Series
+    x.Modality = s.modality
+    x.SeriesInstanceUID = s.series_uid
+    x.SeriesNumber = s.series_number
+    x.SeriesDescription = s.series_desc[:64]
+    x.PatientPosition = ""
+    x.Laterality = ""
+    # Frame of Reference, General Equipment
+    x.FrameOfReferenceUID = s.frame_uid
+    x.PositionReferenceIndicator = ""
+    x.Manufacturer = ""
+    # General Image: how it was derived
+    x.DerivationDescription = (DERIVATION if not s.fallback_from
+                               else f"{DERIVATION}; a {s.fallback_from} source stored as MR Image")
+    x.DerivationCodeSequence = Sequence([_code("113040", "DCM", "Lossy Compression")])
+    x.LossyImageCompression = "01"
+    ratio = s.lossy.get("lossy_ratio")
+    if ratio is not None and float(ratio) > 0:
+        x.LossyImageCompressionRatio = ds(float(ratio))
+
+
+def _set_image_attributes(x, s: _Series) -> None:
+    """Image Plane, Image Pixel, the CT/MR module, the window, then the kept attributes over the defaults."""
+    g, plan, d, kept = s.geometry, s.plan, s.direction, s.kept
+    nx, ny, _ = s.volume.data.shape
+    # Image Plane
+    x.ImageOrientationPatient = [ds(v) for v in (*d[:, 0], *d[:, 1])]
+    x.PixelSpacing = [ds(g.spacing[1]), ds(g.spacing[0])]      # row spacing (y), column spacing (x)
+    x.SliceThickness = ds(g.spacing[2])
+    # Image Pixel
+    x.SamplesPerPixel = 1
+    x.PhotometricInterpretation = "MONOCHROME2"
+    x.Rows, x.Columns = ny, nx
+    x.BitsAllocated = 16
+    x.BitsStored = plan["bits_stored"]
+    x.HighBit = plan["bits_stored"] - 1
+    x.PixelRepresentation = plan["rep"]
+    if s.modality == "CT" or (plan["slope"], plan["intercept"]) != (1.0, 0.0):
+        # Type 1 in CT; not part of the classic MR IOD, but read by every MR tool when present
+        x.RescaleIntercept = ds(plan["intercept"])
+        x.RescaleSlope = ds(plan["slope"])
+    if s.modality == "CT":
+        x.RescaleType = "HU" if (s.volume.intensity.units or "").upper() == "HU" else "US"
+        x.KVP = ""
+        x.AcquisitionNumber = ""
+    else:
+        x.ScanningSequence = "RM"
+        x.SequenceVariant = "NONE"
+        x.ScanOptions = ""
+        x.MRAcquisitionType = ""
+        x.RepetitionTime = ""
+        x.EchoTime = ""
+        x.EchoTrainLength = ""
+        x.SpacingBetweenSlices = ds(g.spacing[2])
+    x.WindowCenter = ds((s.p_lo + s.p_hi) / 2)
+    x.WindowWidth = ds(max(s.p_hi - s.p_lo, 1.0))
+    for key in s.copy_keys:                    # the reader's kept values win over the defaults above
+        if key in kept:
+            el = _element(key, kept[key])
+            if el is not None:
+                x[el.tag] = el
+    if "0018|0050" in kept and abs(_num(kept["0018|0050"]) - float(g.spacing[2])) > 0.5 * float(g.spacing[2]):
+        x.SliceThickness = ds(g.spacing[2])     # a resampled decode: the old thickness no longer holds
+    if not s.identity_kept and s.from_dicom:
+        x.PatientIdentityRemoved = "YES"
+        x.DeidentificationMethod = ("inrv: patient and study identity removed (PS3.15 E.1-1 basic profile "
+                                    "attributes); acquisition attributes and source image UIDs kept")[:64]
+
+
+def _source_reference(sources: list, j: int, nz: int):
+    """The SourceImageSequence item for written slice ``j`` (the nearest source slice), or None."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    n_src = len(sources)
+    i = j if n_src == nz else int(round(j * (n_src - 1) / max(1, nz - 1)))
+    ref = sources[min(max(i, 0), n_src - 1)]
+    item = Dataset()
+    item.ReferencedSOPClassUID = str(ref[0])
+    item.ReferencedSOPInstanceUID = str(ref[1])
+    if len(ref) > 2 and int(ref[2] or 0) > 0:
+        item.ReferencedFrameNumber = str(int(ref[2]))
+    item.PurposeOfReferenceCodeSequence = Sequence([_code("121320", "DCM", "Uncompressed predecessor")])
+    return item if item.ReferencedSOPClassUID and item.ReferencedSOPInstanceUID else None
+
+
+def _pixel_bytes(data: np.ndarray, j: int, plan: dict[str, Any]) -> bytes:
+    """Slice ``j`` of ``data`` as the little-endian 16-bit PixelData of the plan (rows = y, columns = x)."""
+    plane = plan["convert"](np.asarray(data[:, :, j]))
+    return np.ascontiguousarray(plane.T).astype("<" + np.dtype(plan["dtype"]).str[1:]).tobytes()
+
+
+def _save_slice(x, sop_class: str, sop_uid: str, path: Path, k: int) -> None:
+    """Attach the file meta (Explicit VR Little Endian) and write one slice; pydicom's refusal as one line."""
+    from pydicom.dataset import FileMetaDataset
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = EXPLICIT_VR_LE
+    x.file_meta = meta
+    try:
+        x.save_as(path, enforce_file_format=True)
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pydicom refusing a value: one line, never a traceback
+        raise RunError(f"cannot write DICOM slice {k + 1}: {' '.join(str(e).split())[:160]}") from None
+
+
+def write_series(volume: Volume, folder: Path) -> None:
+    """Write ``volume`` as a DICOM series into the (existing, empty) ``folder``, one slice at a time."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    data = volume.data
+    _check_shape(data)
+    nz = data.shape[2]
+    plan = pixel_plan(volume)
+    g, flipped = _right_handed(volume.geometry, nz)
+    src = volume.source if isinstance(volume.source, dict) else {}
+    dicom_src = src.get("dicom") or {}
+    sources = [s for s in (dicom_src.get("sources") or []) if isinstance(s, (list, tuple)) and len(s) >= 2]
+    series = _series_plan(volume, plan, g, dicom_src, src.get("lossy") or {})
     width = max(5, len(str(nz)))
 
-    def common(x: Dataset) -> None:
-        if charset:
-            x.SpecificCharacterSet = charset
-        x.ImageType = ["DERIVED", "SECONDARY", "AXIAL" if modality == "CT" else "OTHER"]
-        x.SOPClassUID = sop_class
-        # Patient (Type 2) and General Study (Type 1/2): empty unless kept on purpose
-        x.PatientName = ""
-        x.PatientID = ""
-        x.PatientBirthDate = ""
-        x.PatientSex = ""
-        x.StudyDate = ""
-        x.StudyTime = ""
-        x.AccessionNumber = ""
-        x.ReferringPhysicianName = ""
-        x.StudyID = ""
-        x.StudyInstanceUID = study_uid
-        # General Series
-        x.Modality = modality
-        x.SeriesInstanceUID = series_uid
-        x.SeriesNumber = series_number
-        x.SeriesDescription = series_desc[:64]
-        x.PatientPosition = ""
-        x.Laterality = ""
-        # Frame of Reference, General Equipment
-        x.FrameOfReferenceUID = frame_uid
-        x.PositionReferenceIndicator = ""
-        x.Manufacturer = ""
-        # General Image: how it was derived
-        x.DerivationDescription = (DERIVATION if not fallback_from
-                                   else f"{DERIVATION}; a {fallback_from} source stored as MR Image")
-        x.DerivationCodeSequence = Sequence([_code("113040", "DCM", "Lossy Compression")])
-        x.LossyImageCompression = "01"
-        ratio = lossy.get("lossy_ratio")
-        if ratio is not None and float(ratio) > 0:
-            x.LossyImageCompressionRatio = ds(float(ratio))
-        # Image Plane
-        x.ImageOrientationPatient = [ds(v) for v in (*d[:, 0], *d[:, 1])]
-        x.PixelSpacing = [ds(g.spacing[1]), ds(g.spacing[0])]      # row spacing (y), column spacing (x)
-        x.SliceThickness = ds(g.spacing[2])
-        # Image Pixel
-        x.SamplesPerPixel = 1
-        x.PhotometricInterpretation = "MONOCHROME2"
-        x.Rows, x.Columns = ny, nx
-        x.BitsAllocated = 16
-        x.BitsStored = plan["bits_stored"]
-        x.HighBit = plan["bits_stored"] - 1
-        x.PixelRepresentation = plan["rep"]
-        if modality == "CT" or (plan["slope"], plan["intercept"]) != (1.0, 0.0):
-            # Type 1 in CT; not part of the classic MR IOD, but read by every MR tool when present
-            x.RescaleIntercept = ds(plan["intercept"])
-            x.RescaleSlope = ds(plan["slope"])
-        if modality == "CT":
-            x.RescaleType = "HU" if (volume.intensity.units or "").upper() == "HU" else "US"
-            x.KVP = ""
-            x.AcquisitionNumber = ""
-        else:
-            x.ScanningSequence = "RM"
-            x.SequenceVariant = "NONE"
-            x.ScanOptions = ""
-            x.MRAcquisitionType = ""
-            x.RepetitionTime = ""
-            x.EchoTime = ""
-            x.EchoTrainLength = ""
-            x.SpacingBetweenSlices = ds(g.spacing[2])
-        x.WindowCenter = ds((p_lo + p_hi) / 2)
-        x.WindowWidth = ds(max(p_hi - p_lo, 1.0))
-        for key in copy_keys:                      # the reader's kept values win over the defaults above
-            if key in kept:
-                el = _element(key, kept[key])
-                if el is not None:
-                    x[el.tag] = el
-        if "0018|0050" in kept and abs(_num(kept["0018|0050"]) - float(g.spacing[2])) > 0.5 * float(g.spacing[2]):
-            x.SliceThickness = ds(g.spacing[2])     # a resampled decode: the old thickness no longer holds
-        if not identity_kept and dicom_src:
-            x.PatientIdentityRemoved = "YES"
-            x.DeidentificationMethod = ("inrv: patient and study identity removed (PS3.15 E.1-1 basic profile "
-                                        "attributes); acquisition attributes and source image UIDs kept")[:64]
-
-    convert = plan["convert"]
     for k in range(nz):
         j = nz - 1 - k if flipped else k                        # slice of volume.data written as slice k
         x = Dataset()
-        common(x)
+        _set_study_and_series(x, series)
+        _set_image_attributes(x, series)
         sop_uid = new_uid()
         x.SOPInstanceUID = sop_uid
         x.InstanceNumber = str(k + 1)
-        x.ImagePositionPatient = [ds(v) for v in origin + d[:, 2] * float(g.spacing[2]) * k]
+        x.ImagePositionPatient = [ds(v) for v in series.origin + series.direction[:, 2] * float(g.spacing[2]) * k]
         if sources:
-            n_src = len(sources)
-            i = j if n_src == nz else int(round(j * (n_src - 1) / max(1, nz - 1)))
-            ref = sources[min(max(i, 0), n_src - 1)]
-            item = Dataset()
-            item.ReferencedSOPClassUID = str(ref[0])
-            item.ReferencedSOPInstanceUID = str(ref[1])
-            if len(ref) > 2 and int(ref[2] or 0) > 0:
-                item.ReferencedFrameNumber = str(int(ref[2]))
-            item.PurposeOfReferenceCodeSequence = Sequence([_code("121320", "DCM", "Uncompressed predecessor")])
-            if item.ReferencedSOPClassUID and item.ReferencedSOPInstanceUID:
+            item = _source_reference(sources, j, nz)
+            if item is not None:
                 x.SourceImageSequence = Sequence([item])
-        plane = convert(np.asarray(data[:, :, j]))
-        x.PixelData = np.ascontiguousarray(plane.T).astype("<" + np.dtype(plan["dtype"]).str[1:]).tobytes()
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = sop_class
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = EXPLICIT_VR_LE
-        x.file_meta = meta
-        try:
-            x.save_as(folder / f"{k + 1:0{width}d}.dcm", enforce_file_format=True)
-        except OSError:
-            raise
-        except Exception as e:  # noqa: BLE001 - pydicom refusing a value: one line, never a traceback
-            raise RunError(f"cannot write DICOM slice {k + 1}: {' '.join(str(e).split())[:160]}") from None
+        x.PixelData = _pixel_bytes(data, j, plan)
+        _save_slice(x, series.sop_class, sop_uid, folder / f"{k + 1:0{width}d}.dcm", k)
 
 
 def _num(text: str) -> float:
