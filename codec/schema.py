@@ -30,6 +30,8 @@ import math
 from typing import Any, Callable, Mapping
 
 from ..errors import FormatError, LimitError, UnsupportedVersionError
+from .latent.config import level_shapes as latent_level_shapes
+from .paper.config import block_lr_size as paper_block_lr_size
 
 # --------------------------------------------------------------------------- field checks
 
@@ -147,17 +149,6 @@ LATENT_FIELDS: dict[str, tuple[_Check, str]] = {
 }
 
 _LATENT_REQUIRED = ("levels", "channels", "synth_width", "synth_layers", "conv_channels", "ctx_width", "sym_range")
-
-
-def latent_level_shapes(shape: tuple[int, ...], levels: int) -> list[tuple[int, ...]]:
-    """Latent grid shapes (same rule as ``codec/latent.py`` ``level_shapes``): ceil(n / 2^k), stopping at 1^3."""
-    out: list[tuple[int, ...]] = []
-    for k in range(levels):
-        s = tuple(max(1, -(-n // (2 ** k))) for n in shape)
-        if out and s == out[-1]:
-            break
-        out.append(s)
-    return out
 
 
 def latent_tensor_shapes(conf: Mapping[str, Any], n_levels: int) -> list[tuple[str, tuple[int, ...]]]:
@@ -278,17 +269,6 @@ PAPER_FIELDS: dict[str, tuple[_Check, str]] = {
 }
 _PAPER_REQUIRED = ("ds", "nc", "sn", "siren_layers", "omega0", "res_blocks", "attn_width", "attn_heads",
                    "attn_blocks", "mlp_width", "lr_shape", "quant")
-
-
-def paper_block_lr_size(lr_shape, ds, block: int) -> tuple[int, ...]:
-    """Same rule as ``codec/paper.py`` ``block_lr_size``."""
-    if not block:
-        return tuple(int(m) for m in lr_shape)
-    out = []
-    for m, f in zip(lr_shape, ds):
-        k = -(-int(m) // max(1, int(block) // int(f)))
-        out.append(-(-int(m) // k))
-    return tuple(out)
 
 
 def validate_paper(conf: Mapping[str, Any], shape: tuple[int, ...]) -> None:

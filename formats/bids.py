@@ -31,6 +31,7 @@ from typing import Any, Iterable, Iterator
 
 from ..errors import InputError, UsageError
 from .atomic import atomic_output
+from .discovery import walk
 
 DESCRIPTION = "dataset_description.json"
 #: hidden files that belong to a dataset (others, like editor or OS droppings and temporaries, do not)
@@ -49,18 +50,11 @@ def is_bids_dataset(root: str | os.PathLike) -> bool:
 def dataset_files(root: str | os.PathLike, *, skip: str | os.PathLike | None = None) -> Iterator[tuple[str, Path]]:
     """``(relative posix path, path)`` of every file under ``root``, sorted; hidden folders (``.git``,
     ``.datalad``), hidden files other than :data:`HIDDEN_KEPT`, and the folder ``skip`` are left out."""
-    root = Path(root)
-    skip_dir = Path(skip).resolve() if skip is not None else None
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames
-                             if not d.startswith(".") and (skip_dir is None or (here / d).resolve() != skip_dir))
-        for name in sorted(filenames):
-            if name.startswith(".") and name not in HIDDEN_KEPT:
-                continue
-            path = here / name
+    for folder in walk(root, skip=skip, hidden_kept=HIDDEN_KEPT):
+        for name in folder.files:
+            path = folder.path / name
             if path.is_file():
-                yield path.relative_to(root).as_posix(), path
+                yield (f"{folder.rel}/{name}" if folder.rel else name), path
 
 
 def same_file_content(a: str | os.PathLike, b: str | os.PathLike) -> bool:

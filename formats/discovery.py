@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 # suffix -> format; longest first (".nii.gz" before ".nii"). .nhdr/.mhd are NRRD/MetaImage headers with
 # detached data (read-only); .dcm is one file of a DICOM series.
@@ -69,17 +69,21 @@ class Folder:
     files: tuple[str, ...]
 
 
-def walk(root: str | os.PathLike, *, skip: str | os.PathLike | None = None) -> Iterator[Folder]:
+def walk(root: str | os.PathLike, *, skip: str | os.PathLike | None = None,
+         hidden_kept: Iterable[str] = ()) -> Iterator[Folder]:
     """Every folder under ``root`` (itself first), in sorted order; hidden files and folders and the
-    folder ``skip`` (e.g. an output folder inside the source) are left out."""
+    folder ``skip`` (e.g. an output folder inside the source) are left out, except hidden files named in
+    ``hidden_kept`` (e.g. a BIDS ``.bidsignore``)."""
     root = Path(root)
     skip_dir = Path(skip).resolve() if skip is not None else None
+    kept = frozenset(hidden_kept)
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames
                              if not d.startswith(".") and (skip_dir is None or (here / d).resolve() != skip_dir))
         rel = here.relative_to(root).as_posix()
-        yield Folder(here, "" if rel == "." else rel, tuple(sorted(n for n in filenames if not n.startswith("."))))
+        yield Folder(here, "" if rel == "." else rel,
+                     tuple(sorted(n for n in filenames if not n.startswith(".") or n in kept)))
 
 
 def dicom_series(folder: str | os.PathLike) -> list[tuple[str, tuple[str, ...]]]:

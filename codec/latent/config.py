@@ -88,3 +88,14 @@ def upgrade(conf: dict[str, Any]) -> dict[str, Any]:
 
 FAMILY = FamilySpec(name="latent", config=LatentConfig, presets=PRESETS, model="inrv.codec.latent.model:LatentModel",
                     upgrade=upgrade)
+
+
+def level_shapes(shape: tuple[int, int, int], levels: int) -> list[tuple[int, int, int]]:
+    """Grid shapes of the latent levels: ``ceil(n / 2^k)`` per axis, stopping early at 1^3."""
+    out = []
+    for k in range(levels):
+        s = tuple(max(1, -(-n // (2 ** k))) for n in shape)
+        if out and s == out[-1]:
+            break
+        out.append(s)
+    return out

@@ -5,17 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-
-def level_shapes(shape: tuple[int, int, int], levels: int) -> list[tuple[int, int, int]]:
-    """Grid shapes of the latent levels: ``ceil(n / 2^k)`` per axis, stopping early at 1^3."""
-    out = []
-    for k in range(levels):
-        s = tuple(max(1, -(-n // (2 ** k))) for n in shape)
-        if out and s == out[-1]:
-            break
-        out.append(s)
-    return out
+from .config import level_shapes  # noqa: F401  (torch-free, shared with the configuration check)
 
 
 def _interp(n_in: int, n_out: int, rows: np.ndarray | None = None):

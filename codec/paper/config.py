@@ -80,3 +80,15 @@ def _normalise(overrides: dict[str, Any]) -> dict[str, Any]:
 
 FAMILY = FamilySpec(name="paper", config=PaperConfig, presets=PRESETS, model="inrv.codec.paper.model:PaperModel",
                     normalise=_normalise)
+
+
+def block_lr_size(lr_shape, ds, block: int) -> tuple[int, ...]:
+    """Block size in low-res cells per axis: ``ceil(m / k)`` with ``k = ceil(m / (block // ds))`` blocks,
+    i.e. at most ``block`` full-res voxels, spread evenly so the last block wastes few padded cells."""
+    if not block:
+        return tuple(int(m) for m in lr_shape)
+    out = []
+    for m, f in zip(lr_shape, ds):
+        k = -(-int(m) // max(1, int(block) // int(f)))
+        out.append(-(-int(m) // k))
+    return tuple(out)

@@ -10,6 +10,7 @@ import numpy as np
 from ...errors import FormatError
 from ..base import Encoded
 from .config import PaperConfig
+from .config import block_lr_size  # noqa: F401  (torch-free, shared with the configuration check)
 
 
 class Partition:
@@ -40,18 +41,6 @@ class Partition:
     def section(self) -> bytes:
         """Block map: one uint8 per block (1 = has a SIREN), then float32 LE constants of all blocks."""
         return self.active.astype(np.uint8).tobytes() + self.const.astype("<f4").tobytes()
-
-
-def block_lr_size(lr_shape, ds, block: int) -> tuple[int, ...]:
-    """Block size in low-res cells per axis: ``ceil(m / k)`` with ``k = ceil(m / (block // ds))`` blocks,
-    i.e. at most ``block`` full-res voxels, spread evenly so the last block wastes few padded cells."""
-    if not block:
-        return tuple(int(m) for m in lr_shape)
-    out = []
-    for m, f in zip(lr_shape, ds):
-        k = -(-int(m) // max(1, int(block) // int(f)))
-        out.append(-(-int(m) // k))
-    return tuple(out)
 
 
 def make_partition(norm: np.ndarray, lr_shape, ds, block: int) -> Partition:
