@@ -141,38 +141,38 @@ class RunSettings:
         return d
 
 
+def _product_cells(model: str, grid: dict[str, list[int]], axes: tuple[str, ...], overrides, units: int) -> list[Cell]:
+    """One cell per point of the product of ``grid``'s ``axes`` (in that nesting order); ``overrides(point)``
+    gives the config overrides of a point (None values dropped)."""
+    import itertools
+
+    cells = []
+    for values in itertools.product(*(grid[a] for a in axes)):
+        point = dict(zip(axes, values))
+        ov = overrides(point)
+        cells.append(Cell(cell_name(model, point), model, point, {k: v for k, v in ov.items() if v is not None},
+                          units))
+    return cells
+
+
 def paper_cells(grid: dict[str, list[int]], s: RunSettings) -> list[Cell]:
     from ..codec.config import make_config
 
     base = make_config(s.preset, steps=s.steps)
-    cells = []
-    for ds in grid["ds"]:
-        for nc in grid["nc"]:
-            for sn in grid["sn"]:
-                point = {"ds": ds, "nc": nc, "sn": sn}
-                ov = {"ds": ds, "nc": nc, "sn": sn, "steps": s.steps, "lr_prefit_steps": s.prefit,
-                      "points_per_step": s.points, "seed": s.seed}
-                cells.append(Cell(cell_name("paper", point), "paper", point,
-                                  {k: v for k, v in ov.items() if v is not None}, base.steps))
-    return cells
+    return _product_cells("paper", grid, ("ds", "nc", "sn"),
+                          lambda p: {**p, "steps": s.steps, "lr_prefit_steps": s.prefit,
+                                     "points_per_step": s.points, "seed": s.seed}, base.steps)
 
 
 def latent_cells(grid: dict[str, list[int]], s: RunSettings) -> list[Cell]:
     from ..codec.config import make_config
 
     base = make_config(s.preset, steps=s.steps)
-    cells = []
-    for lv in grid["levels"]:
-        for ch in grid["channels"]:
-            for w in grid["width"]:
-                point = {"levels": lv, "channels": ch, "width": w}
-                ov = {"levels": lv, "channels": ch, "synth_width": w, "steps": s.steps, "seed": s.seed,
-                      "target_bpv": s.target_bpv}
-                ov.update(s.extra.get("latent_overrides", {}))
-                units = base.steps * (1 + (base.search_iters if s.target_bpv else 0))
-                cells.append(Cell(cell_name("latent", point), "latent", point,
-                                  {k: v for k, v in ov.items() if v is not None}, units))
-    return cells
+    units = base.steps * (1 + (base.search_iters if s.target_bpv else 0))
+    return _product_cells("latent", grid, ("levels", "channels", "width"),
+                          lambda p: {"levels": p["levels"], "channels": p["channels"], "synth_width": p["width"],
+                                     "steps": s.steps, "seed": s.seed, "target_bpv": s.target_bpv,
+                                     **s.extra.get("latent_overrides", {})}, units)
 
 
 def latent_curve_cells(lambdas: list[float], preset: str, steps: int | None, seed: int) -> list[Cell]:
