@@ -140,7 +140,11 @@ class LineProgress:
             extra = ", " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items())
         phase = f" (phase {self._phase})" if self._phase > 1 else ""
         pct = f" ({100 * step / total:.0f} %)" if total else ""
-        self._emit(f"inrv: {self.desc}{phase}: step {step}/{total}{pct}, {duration(now - self._t0)} elapsed"
+        if isinstance(total, float) or isinstance(step, float):     # a time budget counts seconds, not steps
+            where = f"{float(step):.0f} s of {float(total):.0f} s"
+        else:
+            where = f"step {step}/{total}"
+        self._emit(f"inrv: {self.desc}{phase}: {where}{pct}, {duration(now - self._t0)} elapsed"
                    f"{', ETA ' + duration(eta) if eta is not None else ''}{extra}")
 
     def close(self) -> None:

@@ -120,6 +120,19 @@ def test_line_progress_every_tenth_and_every_interval():
     assert len(lines) == 13 and "ETA" in lines[-1]   # every 30 s (at 32, 64, ... 400 s)
 
 
+def test_line_progress_of_a_time_budget_counts_seconds():
+    from inrv.cli.output import LineProgress
+
+    out = io.StringIO()
+    p = LineProgress("scan.nii.gz", interval=30.0, stream=out)
+    p._clock = clock = FakeClock()
+    p._t0 = p._phase_t0 = p._last = 0.0
+    clock.t = 17.7
+    p(17.7, 162.49497, {"loss": 0.5})      # a budgeted encode reports seconds of its budget, as floats
+    line = out.getvalue().strip()
+    assert line.startswith("inrv: scan.nii.gz: 18 s of 162 s (11 %), 18 s elapsed, ETA"), line
+
+
 def test_batch_lines_one_per_input():
     from inrv.cli.output import BatchLines
 
