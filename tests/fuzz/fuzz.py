@@ -16,9 +16,7 @@ import argparse
 import collections
 import faulthandler
 import json
-import os
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -26,18 +24,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fuzzlib  # noqa: E402
-
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * _PAGE
-
-
-def peak_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -77,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         name, ops = fuzzlib.case_ops(args.seed, i, golden)
         h, s = golden[name]
         buf = fuzzlib.apply_ops(h, s, ops)
-        before, peak0 = rss_bytes(), peak_bytes()
+        before, peak0 = fuzzlib.rss_bytes(), fuzzlib.peak_bytes()
         faulthandler.dump_traceback_later(args.kill, exit=True)
         t0 = time.perf_counter()
         try:
@@ -90,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             faulthandler.cancel_dump_traceback_later()
         dt = time.perf_counter() - t0
-        peak1 = peak_bytes()
+        peak1 = fuzzlib.peak_bytes()
         growth = (peak1 - before) / 2 ** 20 if peak1 > peak0 else 0.0
         worst_s, worst_mib = max(worst_s, dt), max(worst_mib, growth)
         outcomes[outcome] += 1

@@ -27,7 +27,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import random
+import resource
 import struct
 import zlib
 from pathlib import Path
@@ -284,3 +286,19 @@ def load_regressions() -> list[dict[str, Any]]:
     if not REGRESSIONS.exists():
         return []
     return json.loads(REGRESSIONS.read_text(encoding="utf-8"))["cases"]
+
+
+# ----------------------------------------------------------------------------- memory of this process
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process now (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+def peak_bytes() -> int:
+    """Peak resident memory of this process so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -9,7 +9,6 @@ grows the process by more than 256 MiB. The long run is ``python tests/fuzz/fuzz
 from __future__ import annotations
 
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -26,18 +25,6 @@ CASES = int(os.environ.get("INRV_FUZZ_CASES", "2000"))
 SEED = 20261203
 MAX_SECONDS = 10.0
 MAX_GROWTH = 256 << 20
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * _PAGE
-
-
-def _peak() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 @pytest.fixture(scope="module")
 def golden():
     g = fuzzlib.load_golden()
@@ -54,7 +41,7 @@ def golden():
 
 
 def _check(buf: bytes, what: str) -> str:
-    before, peak0 = _rss(), _peak()
+    before, peak0 = fuzzlib.rss_bytes(), fuzzlib.peak_bytes()
     t0 = time.perf_counter()
     try:
         outcome = fuzzlib.run_case(buf)
@@ -63,7 +50,7 @@ def _check(buf: bytes, what: str) -> str:
             raise
         pytest.fail(f"{what}: {type(e).__name__} escaped: {str(e)[:300]}")
     dt = time.perf_counter() - t0
-    peak1 = _peak()
+    peak1 = fuzzlib.peak_bytes()
     assert dt < MAX_SECONDS, f"{what}: {dt:.1f} s"
     assert peak1 <= peak0 or peak1 - before < MAX_GROWTH, f"{what}: grew by {(peak1 - before) >> 20} MiB"
     return outcome
@@ -114,12 +101,12 @@ def test_header_of_millions_of_empty_maps_is_refused_fast():
     pre = struct.pack("<BBBI", 1, 0, 1, len(z))
     buf = container.MAGIC + pre + struct.pack("<I", zlib.crc32(z, zlib.crc32(pre))) + z
     assert len(buf) < 4096
-    before, peak0 = _rss(), _peak()
+    before, peak0 = fuzzlib.rss_bytes(), fuzzlib.peak_bytes()
     t0 = time.perf_counter()
     with pytest.raises(LimitError, match="values"):
         container.read_header(buf)
     assert time.perf_counter() - t0 < 5.0
-    assert _peak() <= peak0 or _peak() - before < MAX_GROWTH
+    assert fuzzlib.peak_bytes() <= peak0 or fuzzlib.peak_bytes() - before < MAX_GROWTH
     one = b"\x82" + msgpack.packb("_s") + b"\x90" + msgpack.packb("x") + b"\xdd" + struct.pack(">I", 1 << 24)
     with pytest.raises(LimitError, match="longer than"):
         container._unpack_msgpack(one + b"\x80" * 100)
