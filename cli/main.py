@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from .. import __version__
+from ..codec.config import family_spec
 from ..errors import InputError, RunError, UsageError
 from ..formats.discovery import strip_volume_suffix
 from .batch import batch
@@ -184,7 +185,7 @@ def encode(src: Path, output: Path | None, device: str | None, force: bool, as_j
     if _same_path(src, dst):
         raise UsageError(f"the output {dst} is the input; choose another -o")
     check_output(dst, force=force, suffixes=(INRV_SUFFIX,))     # suffix, -f, folder writable: before training
-    if config.model != "nearlossless":        # the nearlossless coder runs on numpy alone (no torch)
+    if family_spec(config.model).uses_device:     # a numpy-only family (nearlossless) needs no torch device
         _check_device(device)
     check_preview(preview, force)
     config = _budget_from_start(config)

@@ -30,6 +30,8 @@ class FamilySpec:
         upgrade: stored config dict -> the same with the fields that older payloads lack filled in with
             the values they meant then (files are forever: a default may change, an old file may not).
         normalise: config overrides -> the same in canonical form (e.g. the paper's ``ds="1/2"``).
+        uses_device: whether encoding runs on a torch device (False: numpy only, ``--device`` is not
+            checked and torch is not imported).
     """
 
     name: str
@@ -38,6 +40,7 @@ class FamilySpec:
     model: str
     upgrade: Callable[[dict[str, Any]], dict[str, Any]] = field(default=_same)
     normalise: Callable[[dict[str, Any]], dict[str, Any]] = field(default=_same)
+    uses_device: bool = True
 
     def load_model(self) -> Any:
         """An instance of the family's model class (imports its module, and torch)."""

@@ -24,4 +24,4 @@ PRESETS = {
 }
 
 FAMILY = FamilySpec(name="nearlossless", config=NearLosslessConfig, presets=PRESETS,
-                    model="inrv.codec.nearlossless.model:NearLosslessModel")
+                    model="inrv.codec.nearlossless.model:NearLosslessModel", uses_device=False)
