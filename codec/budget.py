@@ -42,13 +42,17 @@ class TrainSchedule:
         self.steps = int(steps)
         self.hard_from = int(round(self.steps * (1.0 - hard_frac)))
         self.deadline, self.reserve, self.min_steps = deadline, reserve, min_steps
+        self.step_time: Callable[[], float] | None = None
         self.t0 = time.perf_counter()
         self.durations: list[float] = []
         self._last = self.t0
         self._pos = 0.0
 
     def step_seconds(self) -> float:
-        """Median of the recent training steps (the first one, which allocates, left out when possible)."""
+        """Median of the recent training steps (the first one, which allocates, left out when possible);
+        with ``step_time`` set (a :class:`ThreadChoice`'s ``best_seconds``), what that says once known."""
+        if self.step_time is not None and self.step_time() > 0:
+            return self.step_time()
         d = self.durations[1:] if len(self.durations) > 2 else self.durations
         d = sorted(d[-20:])
         return d[len(d) // 2] if d else 0.0
@@ -84,6 +88,62 @@ class TrainSchedule:
         now = time.perf_counter()
         self.durations.append(now - self._last)
         self._last = now
+
+
+class ThreadChoice:
+    """The intra-op thread count of the training steps, chosen by measurement.
+
+    On a machine shared with other work (a CI runner, a laptop, a cluster node), torch's ``n`` OpenMP
+    threads wait for one another at every operation, and a core that is busy elsewhere stalls all
+    of them: on the developers' 2-core machine a latent step on 64^3 took 0.25 s with 2 threads when
+    the machine was idle, 2-8 s with 2 threads and 0.35-0.45 s with 1 thread when another process
+    was running (model-latent.md, "Encode cost"). So the steps try both, keep the faster (median of
+    the last ``keep`` steps of each) and try the other again every ``probe_every`` steps (load
+    changes). ``n = 1`` changes nothing.
+    """
+
+    def __init__(self, n: int, probe_every: int = 25, keep: int = 3) -> None:
+        self.options = [n, 1] if n > 1 else [n]
+        self.probe_every, self.keep = probe_every, keep
+        self.times: dict[int, list[float]] = {o: [] for o in self.options}
+        self.step = 0
+        self.current = self.options[0]
+
+    def _medians(self) -> dict[int, float]:
+        return {o: sorted(t)[len(t) // 2] for o, t in self.times.items() if t}
+
+    def best(self) -> int:
+        med = self._medians()
+        return min(med, key=med.get) if med else self.options[0]
+
+    def best_seconds(self) -> float:
+        """Median step time of the faster option, once every option has been measured (else 0)."""
+        med = self._medians()
+        return min(med.values()) if len(med) == len(self.options) else 0.0
+
+    def choose(self) -> int:
+        """The thread count of the next step (step 0 allocates and is not measured; steps 1-2 use
+        ``n`` threads, 3-4 one thread; then the faster, with a probe of the other now and then)."""
+        i = self.step
+        if len(self.options) == 1:
+            pick = self.options[0]
+        elif i < 3:
+            pick = self.options[0]
+        elif i < 5:
+            pick = self.options[1]
+        else:
+            pick = self.best()
+            if i % self.probe_every == 0:
+                pick = self.options[1] if pick == self.options[0] else self.options[0]
+        self.current = pick
+        return pick
+
+    def record(self, seconds: float) -> None:
+        if self.step > 0:
+            t = self.times[self.current]
+            t.append(seconds)
+            del t[:-self.keep]
+        self.step += 1
 
 
 class Budget:

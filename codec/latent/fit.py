@@ -37,7 +37,7 @@ from ..base import Encoded, Progress
 from ..config import config_to_dict
 from ..device import release_cpu_memory, seed_everything
 from .. import netcode
-from ..budget import Budget, Phases, TrainSchedule
+from ..budget import Budget, Phases, ThreadChoice, TrainSchedule
 from ..optim import Adam
 from .background import background_blocks, expand_blocks, pack_blocks
 from .coder import code_latents
@@ -112,6 +112,7 @@ class FitState:
     loss: float = float("nan")
     train_seconds: float = 0.0
     skip_background: bool = True            # synthesis and distortion in the foreground's box only
+    threads: dict | None = None             # under a budget: the thread count chosen and the step times
     _keep_np: np.ndarray | None = None
 
     def sqerr(self, pred: torch.Tensor, r0: int = 0, r1: int | None = None, box=None) -> torch.Tensor:
@@ -198,19 +199,25 @@ def fit_once(arr: np.ndarray, cfg: LatentConfig, dev, progress: Progress | None 
     """One fit at ``cfg.lmbda`` for ``cfg.steps`` steps (or until ``plan``'s time is up).
     ``stored_like``: see :func:`stored_config`."""
     phases = Phases()
-    st = prepare(arr, cfg, dev, stored_like)
-    st.plan, st.phases = plan, phases
-    plan_search(st)
-    phases.mark("setup")
-    train(st, progress)
-    phases.mark("train")
-    payload, wmeta, deq = quantise_networks(st)
-    phases.mark("weights")
-    polish(st)
-    phases.mark("polish")
-    enc = code(st, arr, payload, wmeta, deq)
-    phases.mark("code+check")
+    threads = torch.get_num_threads()
+    try:
+        st = prepare(arr, cfg, dev, stored_like)
+        st.plan, st.phases = plan, phases
+        plan_search(st)
+        phases.mark("setup")
+        train(st, progress)
+        phases.mark("train")
+        payload, wmeta, deq = quantise_networks(st)
+        phases.mark("weights")
+        polish(st)
+        phases.mark("polish")
+        enc = code(st, arr, payload, wmeta, deq)
+        phases.mark("code+check")
+    finally:
+        torch.set_num_threads(threads)      # a budgeted training may have chosen another count
     enc.stats["phase_seconds"] = phases.seconds
+    if st.threads is not None:
+        enc.stats["threads"] = st.threads
     return enc
 
 
@@ -390,13 +397,28 @@ def train(st: FitState, progress: Progress | None = None) -> None:
                             {"params": mlp, "lr": cfg.net_lr},
                             {"params": list(syn.skip.parameters()), "lr": cfg.net_lr * 0.05}])
     base_lrs = [g["lr"] for g in opt.param_groups]
+    # under a budget, the thread count of the steps is chosen by measurement (see ThreadChoice); a fit
+    # without one keeps torch's (the same bytes on every run). Training then runs at least the steps
+    # that measure both counts before the schedule trusts its step time.
+    tc = ThreadChoice(torch.get_num_threads()) if st.plan is not None and st.dev.type == "cpu" else None
     sched = st.sched = TrainSchedule(steps, cfg.hard_frac, *(st.plan.training(lambda t: _post_seconds(st, t))
-                                                             if st.plan else (None, None)))
+                                                             if st.plan else (None, None)),
+                                     min_steps=5 if tc and len(tc.options) > 1 else 2)
+    if tc:
+        sched.step_time = tc.best_seconds
     hard_from = sched.hard_from
     best: tuple = (math.inf, None, None, None)
     t_train = time.time()
     step = 0
     while sched.running(step):
+        if tc:
+            if step == 5 and len(tc.options) > 1:
+                # the weight-step search's cost was timed before training, with the first count:
+                # timed again with the chosen one (it is part of what training must leave time for)
+                torch.set_num_threads(tc.best())
+                plan_search(st)
+            torch.set_num_threads(tc.choose())
+            t_step = time.perf_counter()
         pos = sched.pos(step)           # = step, unless a time budget drives the schedule
         lr_f = 0.5 * (1 + math.cos(math.pi * pos / max(1, steps)))
         boost = lr_boost(sched.expected_steps(step))
@@ -421,6 +443,8 @@ def train(st: FitState, progress: Progress | None = None) -> None:
         loss.backward()
         opt.step()
         sched.tick()
+        if tc:
+            tc.record(time.perf_counter() - t_step)
         if progress and (step % 10 == 0 or step == steps - 1):
             info = {"loss": st.loss, "mse": float(dist.detach()), "bpv_est": float(bits.detach()) / st.nvox}
             if st.plan:
@@ -428,6 +452,10 @@ def train(st: FitState, progress: Progress | None = None) -> None:
             else:
                 progress(step + 1, steps, info)
         step += 1
+    if tc:                  # the rest of the fit runs with the faster count too
+        torch.set_num_threads(tc.best())
+        st.threads = {"chosen": tc.best(), "step_seconds": {str(k): round(sorted(v)[len(v) // 2], 3)
+                                                            for k, v in tc.times.items() if v}}
     if step != steps:       # a time budget ended training early: the file records the steps done
         st.cfg = dataclasses.replace(st.cfg, steps=step)
     st.train_seconds = time.time() - t_train

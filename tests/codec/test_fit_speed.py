@@ -92,3 +92,34 @@ def test_decoding_skips_the_background_and_renders_the_same_volume():
     assert np.all(skipped[bg] == 0.0)
     np.testing.assert_allclose(skipped[~bg], whole[~bg], rtol=0, atol=1e-4)
     assert np.mean(skipped[~bg] == whole[~bg]) > 0.9        # mostly bit-identical: same sums, same order
+
+
+def test_thread_choice_keeps_the_faster_count_and_probes_the_other_now_and_then():
+    from inrv.codec.budget import ThreadChoice
+
+    tc = ThreadChoice(2, probe_every=10)
+    picks = []
+    for i in range(40):
+        n = tc.choose()
+        picks.append(n)
+        # two threads are slow here (a busy machine), one thread is fast; step 0 is not measured
+        tc.record(100.0 if i == 0 else (4.0 if n == 2 else 0.4))
+    assert picks[:5] == [2, 2, 2, 1, 1]          # measure both
+    assert tc.best() == 1 and tc.best_seconds() == pytest.approx(0.4)
+    later = picks[5:]
+    assert later.count(1) > 0.85 * len(later) and 2 in later       # mostly one thread, the other re-tried
+    assert ThreadChoice(1).options == [1]
+
+
+def test_budgeted_fit_restores_the_thread_count_and_reports_its_choice():
+    arr = _head()
+    before = torch.get_num_threads()
+    cfg = LatentConfig(lmbda=1e-3, steps=12, levels=4, synth_width=8, conv_channels=2, ctx_width=4,
+                       polish_steps=1, time_budget=60.0)
+    from inrv.codec.budget import Budget
+
+    enc = F.fit_once(arr, cfg, torch.device("cpu"), plan=Budget(60.0))
+    assert torch.get_num_threads() == before
+    if before > 1:
+        assert enc.stats["threads"]["chosen"] in (1, before)
+        assert set(enc.stats["threads"]["step_seconds"]) == {"1", str(before)}
