@@ -139,3 +139,64 @@ def quantise(r: np.ndarray, E: int) -> np.ndarray:
     k = (np.abs(r) + E) // q
     return np.where(r < 0, -k, k)
 
+
+
+# --------------------------------------------------------------------------- payload version 2
+
+#: version 2: offsets (in units of ``s``, per array axis) of the 18 neighbours every target of a pass has
+#: already decoded: axes before the pass axis -1/0/+1, the pass axis -1/+1, axes after it -2/0/+2.
+def neighbour_offsets(axis: int) -> list[tuple[int, int, int]]:
+    import itertools
+
+    rng = [(-1, 0, 1) if e < axis else ((-1, 1) if e == axis else (-2, 0, 2)) for e in range(3)]
+    return list(itertools.product(*rng))
+
+
+N_NEIGH = 18
+N_CONTEXTS_V2 = N_CONTEXTS
+
+
+def _reflect(i: np.ndarray, d: int, n: int) -> np.ndarray:
+    """Index ``i + d`` inside ``0 .. n-1``: out of range -> ``i - d``; still out -> ``i``."""
+    j = i + d
+    j = np.where((j < 0) | (j > n - 1), i - d, j)
+    return np.where((j < 0) | (j > n - 1), i, j)
+
+
+def predict_v2(R: np.ndarray, D: np.ndarray, M: np.ndarray, p: Pass, th: int):
+    """Version 2: the version-1 interpolation ``c`` (:func:`predict`) refined by an edge-preserving mean
+    over the 18 decoded neighbours (:func:`neighbour_offsets`) of the *denoised* array ``D``: the
+    neighbours ``v`` with ``|v - c| < th`` and ``c`` itself, ``p = floor((2 sum + n) / (2 n))`` with ``n`` the
+    number of terms. Activity: ``2 * floor(sum |v - p| / n')`` over the ``n'`` kept neighbours (``n' >= 1``)
+    plus 2 per neighbour left out. Returns ``(p, activity, neighbour residual magnitude, idx)``."""
+    c, _, nres, idx = predict(R, M, p)
+    s, a = p.s, p.axis
+    L = D[::s, ::s, ::s]
+    coords = [np.arange(n) if e < a else (np.arange(1, n, 2) if e == a else np.arange(0, n, 2))
+              for e, n in enumerate(L.shape)]
+    offs = neighbour_offsets(a)
+    ix = {}
+    for e in range(3):
+        for d in {o[e] for o in offs}:
+            ix[(e, d)] = _reflect(coords[e], d, L.shape[e])
+    num = c.copy()
+    den = np.ones_like(c)
+    for o in offs:
+        v = L[np.ix_(ix[(0, o[0])], ix[(1, o[1])], ix[(2, o[2])])]
+        w = np.abs(v - c) < th
+        num += np.where(w, v, 0)
+        den += w
+    pr = (2 * num + den) // (2 * den)
+    dev = np.zeros_like(c)
+    for o in offs:
+        v = L[np.ix_(ix[(0, o[0])], ix[(1, o[1])], ix[(2, o[2])])]
+        dev += np.where(np.abs(v - c) < th, np.abs(v - pr), 0)
+    kept = np.maximum(den - 1, 1)
+    act = 2 * (dev // kept) + 2 * (N_NEIGH + 1 - den)
+    return pr, act, nres, idx
+
+
+def denoised(pr: np.ndarray, rec: np.ndarray, th: int, kd: int) -> np.ndarray:
+    """Version 2: the denoised value kept for a decoded voxel: ``floor((kd p + rec + (kd+1)//2) / (kd+1))``
+    where ``|rec - p| < th``, else ``rec``."""
+    return np.where(np.abs(rec - pr) < th, (kd * pr + rec + (kd + 1) // 2) // (kd + 1), rec)
