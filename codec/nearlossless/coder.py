@@ -42,6 +42,7 @@ def count_value(code: np.ndarray) -> np.ndarray:
     m = np.maximum(k - 16, 0) % 16
     return np.where(k < 16, k, (16 + m) << e)
 RES_CAP = 1 << 20
+PREDICTORS = ("auto", "interp", "smooth")     # encoder choice: both versions, version 1, version 2
 MAX_TH = 1 << 40                # version 2: smoothing threshold and weight limits
 MAX_KD = 64
 #: version 2 encoder: the smoothing thresholds tried, ``a + b * q`` stored units (``q = 2E + 1``: the
@@ -164,7 +165,8 @@ def _half(shape, a: int) -> tuple:
     return tuple(slice(0, (n + 1) // 2) if b == a else slice(None) for b, n in enumerate(shape))
 
 
-def encode(x: np.ndarray, E: int, version: int = 2) -> tuple[dict, dict[str, bytes], np.ndarray]:
+def encode(x: np.ndarray, E: int, version: int = 2, predictor: str = "auto"
+           ) -> tuple[dict, dict[str, bytes], np.ndarray]:
     """Code the int array ``x`` (3D) with max error ``E``; returns ``(params, sections, reconstruction)``.
 
     A volume that is exactly mirror-symmetric along an axis (``params["mirror"]``) is coded once, its
@@ -174,12 +176,12 @@ def encode(x: np.ndarray, E: int, version: int = 2) -> tuple[dict, dict[str, byt
         raise ValueError("expected a non-empty 3D array")
     a = mirror_axis(x)
     h = np.ascontiguousarray(x[_half(x.shape, a)]) if a >= 0 else x
-    params, sections, R = _encode_ordered(h, E, version)
+    params, sections, R = _encode_ordered(h, E, version, 1, predictor)
     if E > 0:
         # the other way to the same bound: quantise on a fixed grid first, then code the bin indices
         # losslessly (better where noise is about as large as E: in-loop bins follow the prediction)
         q, lo, hi = 2 * E + 1, int(h.min()), int(h.max())
-        gp, gs, gR = _encode_ordered((h - lo + E) // q, 0, version, q)
+        gp, gs, gR = _encode_ordered((h - lo + E) // q, 0, version, q, predictor)
         if _size(gs) < _size(sections):
             gp["grid"] = [lo, q, hi]
             params, sections, R = gp, gs, np.minimum(gR * q + lo, hi)
@@ -210,15 +212,18 @@ def _stored_len(b: bytes) -> int:
     return min(len(b), len(zstandard.ZstdCompressor(level=19).compress(b)) + 4)
 
 
-def _encode_ordered(x: np.ndarray, E: int, version: int, unit: int = 1):
+def _encode_ordered(x: np.ndarray, E: int, version: int, unit: int = 1, predictor: str = "auto"):
     """Code ``x`` with its axes permuted (``params["order"]``): the heuristic order, or on small volumes
     the best of all six; with ``version >= 2`` the smaller of payload versions 1 and 2 (``params["v"]``:
-    the version-2 predictor pays on noisy flat regions, CT, and loses on smooth MRI)."""
-    best = _encode_ordered_v(x, E, 1, unit)
-    if version >= 2:
-        v2 = _encode_ordered_v(x, E, 2, unit)
-        if _size(v2[1]) < _size(best[1]):
-            best = v2
+    the version-2 predictor pays on noisy flat regions, CT, and loses on smooth MRI). ``predictor``:
+    ``"auto"`` (that choice), ``"interp"`` (version 1 only) or ``"smooth"`` (version 2 only)."""
+    if predictor not in PREDICTORS:
+        raise ValueError(f"unknown predictor {predictor!r}")
+    best = None
+    for v in ((1,) if version < 2 or predictor == "interp" else (2,) if predictor == "smooth" else (1, 2)):
+        cand = _encode_ordered_v(x, E, v, unit)
+        if best is None or _size(cand[1]) < _size(best[1]):
+            best = cand
     return best
 
 

@@ -37,10 +37,13 @@ class NearLosslessModel:
         E = float(getattr(config, "max_error", 0.0) or 0.0)
         if not math.isfinite(E) or E < 0:
             raise InputError(f"the maximum error must be a finite number >= 0, not {E}")
+        predictor = str(getattr(config, "predictor", "auto") or "auto")
+        if predictor not in coder.PREDICTORS:
+            raise InputError(f"unknown nearlossless predictor {predictor!r}; one of {', '.join(coder.PREDICTORS)}")
         cfg: dict[str, Any] = {"model": self.name, "max_error": E, "v": PAYLOAD_VERSION}
         if x.dtype.kind in "iub":
             xi = x.astype(np.int64)
-            params, sections, R = coder.encode(xi, int(math.floor(E)), PAYLOAD_VERSION)
+            params, sections, R = coder.encode(xi, int(math.floor(E)), PAYLOAD_VERSION, predictor)
             rec = R.astype(np.float64)
         elif x.dtype.kind == "f":
             if E == 0:
@@ -48,7 +51,7 @@ class NearLosslessModel:
                                  "error > 0 (--max-error E)")
             if not np.all(np.isfinite(x)):
                 raise InputError("the volume has NaN or infinite voxels; near-lossless coding needs finite values")
-            params, sections, rec = self._fit_float(x, E)
+            params, sections, rec = self._fit_float(x, E, predictor)
         else:
             raise InputError(f"cannot code voxels of type {x.dtype}")
         cfg.update(params)
@@ -70,7 +73,7 @@ class NearLosslessModel:
             progress(1, 1, {})
         return enc
 
-    def _fit_float(self, x: np.ndarray, E: float):
+    def _fit_float(self, x: np.ndarray, E: float, predictor: str = "auto"):
         """Grid indices ``rint(x / step)`` coded losslessly; the step shrinks until the restored float
         values (cast to ``x.dtype``) are within ``E``."""
         from ...errors import InputError
@@ -85,7 +88,7 @@ class NearLosslessModel:
             idx = np.rint(xf / step).astype(np.int64)
             rec = (idx.astype(np.float64) * step).astype(x.dtype).astype(np.float64)
             if np.max(np.abs(rec - xf)) <= E:
-                params, sections, R = coder.encode(idx, 0, PAYLOAD_VERSION)
+                params, sections, R = coder.encode(idx, 0, PAYLOAD_VERSION, predictor)
                 params["step"] = step
                 return params, sections, rec
         raise InputError(f"cannot meet the maximum error {E} in {x.dtype} arithmetic")
