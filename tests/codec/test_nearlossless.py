@@ -250,3 +250,68 @@ def test_grid_mode_is_used_where_smaller_and_keeps_the_bound():
     assert max_err(x, y) <= 4
     near = NearLosslessModel().fit(x, NearLosslessConfig(max_error=4))
     assert near.payload_bytes <= roundtrip(x, 0)[1].payload_bytes
+
+
+def test_decode_and_info_of_a_nearlossless_file_import_no_torch(tmp_path):
+    x = (np.arange(10 * 9 * 8).reshape(10, 9, 8) % 37).astype(np.int16)
+    src, dst = tmp_path / "v.nii.gz", tmp_path / "v.inrv"
+    inrv.save(inrv.Volume(data=x, geometry=inrv.Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0),
+                                                         (1, 0, 0, 0, 1, 0, 0, 0, 1)),
+                          intensity=Intensity(dtype="int16", slope=1.0, intercept=0.0, units=None,
+                                              min=float(x.min()), max=float(x.max())),
+                          source={"kind": "array"}), src)
+    inrv.compress(src, dst, "lossless", max_error=2.0)
+    script = (
+        "import runpy, sys\n"
+        "f, out = sys.argv[1], sys.argv[2]\n"
+        "sys.argv = ['inrv', 'decode', f, '-o', out]\n"
+        "try:\n"
+        "    runpy.run_module('inrv', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "assert 'torch' not in sys.modules, 'torch imported by inrv decode'\n"
+        "import inrv\n"
+        "inrv.info(f); inrv.decode(inrv.read(f).encoded)\n"
+        "assert 'torch' not in sys.modules, 'torch imported by the API'\n"
+        "print('ok')\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", script, str(dst), str(tmp_path / "out.nii.gz")], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
+    assert max_err(x, inrv.load(tmp_path / "out.nii.gz").data) <= 2
+
+
+def _noisy_ct(shape=(20, 18, 16), seed=5) -> np.ndarray:
+    """Flat CT levels (air, tissue, bone) with noise of about a dozen HU: where the v2 smoothing pays."""
+    rng = np.random.default_rng(seed)
+    v = np.full(shape, -1000.0)
+    v[3:17, 3:15, :] = 40.0
+    v[8:12, 7:11, 4:12] = 800.0
+    return np.rint(v + rng.normal(0, 12.0, shape) * np.where(v > -900, 1.0, 0.3)).astype(np.int16)
+
+
+@pytest.mark.parametrize("E", [0, 1, 3])
+def test_v2_smoothing_keeps_the_bound_and_beats_v1_on_noisy_flat_levels(E):
+    x = _noisy_ct()
+    sizes = {}
+    for pred in ("interp", "smooth", "auto"):
+        enc = NearLosslessModel().fit(x, NearLosslessConfig(max_error=E, predictor=pred))
+        y = NearLosslessModel().render(enc)
+        assert max_err(x, y) <= E
+        assert enc.config["v"] == (1 if pred == "interp" else 2 if pred == "smooth" else enc.config["v"])
+        assert ("th" in enc.config) == (enc.config["v"] == 2)
+        sizes[pred] = enc.payload_bytes
+    assert sizes["smooth"] < sizes["interp"]
+    assert sizes["auto"] == min(sizes["smooth"], sizes["interp"])
+
+
+def test_v1_and_v2_configs_are_not_mixed():
+    x = _noisy_ct((10, 9, 8))
+    enc = NearLosslessModel().fit(x, NearLosslessConfig(max_error=1, predictor="smooth"))
+    for change in ({"v": 1}, {"th": None}, {"kd": None}):
+        bad = Encoded("nearlossless", {k: v for k, v in {**enc.config, **change}.items() if v is not None},
+                      enc.sections, enc.shape, enc.value_range)
+        with pytest.raises(FormatError):
+            NearLosslessModel().render(bad)
+    with pytest.raises(InputError):
+        NearLosslessModel().fit(x, NearLosslessConfig(max_error=1, predictor="median"))
