@@ -48,7 +48,7 @@ MAX_KD = 64
 #: version 2 encoder: the smoothing thresholds tried, ``a + b * q`` stored units (``q = 2E + 1``: the
 #: bin width of the bound), and the weight ``kd`` of the prediction in the denoised values
 TH_CANDIDATES = ((96, 0), (64, 4))
-KD = 2
+KD = 1
 
 
 def smoothing(E: int, unit: int = 1, cand: int = 0) -> tuple[int, int]:

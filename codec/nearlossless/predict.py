@@ -153,6 +153,7 @@ def neighbour_offsets(axis: int) -> list[tuple[int, int, int]]:
 
 
 N_NEIGH = 18
+EDGE_KEPT = 4                   # version 2: fewer kept neighbours than this: an edge (median)
 N_CONTEXTS_V2 = N_CONTEXTS
 
 
@@ -193,6 +194,15 @@ def predict_v2(R: np.ndarray, D: np.ndarray, M: np.ndarray, p: Pass, th: int):
         dev += np.where(np.abs(v - c) < th, np.abs(v - pr), 0)
     kept = np.maximum(den - 1, 1)
     act = 2 * (dev // kept) + 2 * (N_NEIGH + 1 - den)
+    # edges: fewer than EDGE_KEPT neighbours near c (c lies between two levels): the median of the 18
+    # neighbours, floor((v_(9) + v_(10) + 1) / 2) of the sorted values, picks the side of the majority
+    edge = np.nonzero(den - 1 < EDGE_KEPT)
+    if edge[0].size:
+        V = np.empty((len(offs), edge[0].size), dtype=np.int64)
+        for i, o in enumerate(offs):
+            V[i] = L[ix[(0, o[0])][edge[0]], ix[(1, o[1])][edge[1]], ix[(2, o[2])][edge[2]]]
+        V.sort(axis=0)
+        pr[edge] = (V[N_NEIGH // 2 - 1] + V[N_NEIGH // 2] + 1) // 2
     return pr, act, nres, idx
 
 
