@@ -300,8 +300,8 @@ def test_v2_smoothing_keeps_the_bound_and_beats_v1_on_noisy_flat_levels(E):
         assert max_err(x, y) <= E
         assert enc.config["v"] == (1 if pred == "interp" else 2 if pred == "smooth" else enc.config["v"])
         assert ("th" in enc.config) == (enc.config["v"] == 2)
-        sizes[pred] = enc.payload_bytes
-    assert sizes["smooth"] < sizes["interp"]
+        sizes[pred] = coder._size(enc.sections)     # what the container stores (tables: zstd where smaller)
+    assert sizes["smooth"] < 0.95 * sizes["interp"]
     assert sizes["auto"] == min(sizes["smooth"], sizes["interp"])
 
 
