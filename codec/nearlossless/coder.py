@@ -181,10 +181,14 @@ def encode(x: np.ndarray, E: int, version: int = 2, predictor: str = "auto"
         # the other way to the same bound: quantise on a fixed grid first, then code the bin indices
         # losslessly (better where noise is about as large as E: in-loop bins follow the prediction)
         q, lo, hi = 2 * E + 1, int(h.min()), int(h.max())
-        gp, gs, gR = _encode_ordered((h - lo + E) // q, 0, version, q, predictor)
+        g0 = lo
+        if version >= 2:        # bin centres on the most frequent value (air, background): it costs ~nothing
+            vals, counts = np.unique(h, return_counts=True)
+            g0 = lo - (lo - int(vals[np.argmax(counts)])) % q
+        gp, gs, gR = _encode_ordered((h - g0 + E) // q, 0, version, q, predictor)
         if _size(gs) < _size(sections):
-            gp["grid"] = [lo, q, hi]
-            params, sections, R = gp, gs, np.minimum(gR * q + lo, hi)
+            gp["grid"] = [g0, q, hi]
+            params, sections, R = gp, gs, np.minimum(gR * q + g0, hi)
     if a < 0:
         return params, sections, R
     params["mirror"] = a
