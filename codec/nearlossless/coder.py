@@ -182,9 +182,11 @@ def encode(x: np.ndarray, E: int, version: int = 2, predictor: str = "auto"
         # losslessly (better where noise is about as large as E: in-loop bins follow the prediction)
         q, lo, hi = 2 * E + 1, int(h.min()), int(h.max())
         g0 = lo
-        if version >= 2:        # bin centres on the most frequent value (air, background): it costs ~nothing
-            vals, counts = np.unique(h, return_counts=True)
-            g0 = lo - (lo - int(vals[np.argmax(counts)])) % q
+        if version >= 2:        # bin centres on the most frequent value (air, background) where no voxel
+            vals, counts = np.unique(h, return_counts=True)     # then comes back below lo
+            g = lo - (lo - int(vals[np.argmax(counts)])) % q
+            if ((lo - g + E) // q) * q + g >= lo:
+                g0 = g
         gp, gs, gR = _encode_ordered((h - g0 + E) // q, 0, version, q, predictor)
         if _size(gs) < _size(sections):
             gp["grid"] = [g0, q, hi]
