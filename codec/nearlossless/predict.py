@@ -154,6 +154,7 @@ def neighbour_offsets(axis: int) -> list[tuple[int, int, int]]:
 
 N_NEIGH = 18
 EDGE_KEPT = 4                   # version 2: fewer kept neighbours than this: an edge (median)
+SLAB = 1 << 19                  # version 2: targets per slab (memory: ~40 bytes x 18 per target)
 N_CONTEXTS_V2 = N_CONTEXTS
 
 
@@ -180,30 +181,38 @@ def predict_v2(R: np.ndarray, D: np.ndarray, M: np.ndarray, p: Pass, th: int):
     for e in range(3):
         for d in {o[e] for o in offs}:
             ix[(e, d)] = _reflect(coords[e], d, L.shape[e])
+    pr = np.empty_like(c)
+    act = np.empty_like(c)
+    rows = max(1, SLAB // max(1, c[0].size))      # slabs along the first axis bound the memory
+    for r0 in range(0, c.shape[0], rows):
+        sl = slice(r0, r0 + rows)
+        pr[sl], act[sl] = _smooth(L, c[sl], {d: i[sl] for (e, d), i in ix.items() if e == 0}, ix, offs, th)
+    return pr, act, nres, idx
+
+
+def _smooth(L, c, ix0, ix, offs, th):
+    """:func:`predict_v2`'s prediction and activity for one slab of targets (``ix0``: the slab's
+    first-axis indices per offset along it)."""
+    V = [L[np.ix_(ix0[o[0]], ix[(1, o[1])], ix[(2, o[2])])] for o in offs]
+    W = [np.abs(v - c) < th for v in V]
     num = c.copy()
     den = np.ones_like(c)
-    for o in offs:
-        v = L[np.ix_(ix[(0, o[0])], ix[(1, o[1])], ix[(2, o[2])])]
-        w = np.abs(v - c) < th
+    for v, w in zip(V, W):
         num += np.where(w, v, 0)
         den += w
     pr = (2 * num + den) // (2 * den)
     dev = np.zeros_like(c)
-    for o in offs:
-        v = L[np.ix_(ix[(0, o[0])], ix[(1, o[1])], ix[(2, o[2])])]
-        dev += np.where(np.abs(v - c) < th, np.abs(v - pr), 0)
+    for v, w in zip(V, W):
+        dev += np.where(w, np.abs(v - pr), 0)
     kept = np.maximum(den - 1, 1)
     act = 2 * (dev // kept) + 2 * (N_NEIGH + 1 - den)
     # edges: fewer than EDGE_KEPT neighbours near c (c lies between two levels): the median of the 18
     # neighbours, floor((v_(9) + v_(10) + 1) / 2) of the sorted values, picks the side of the majority
     edge = np.nonzero(den - 1 < EDGE_KEPT)
     if edge[0].size:
-        V = np.empty((len(offs), edge[0].size), dtype=np.int64)
-        for i, o in enumerate(offs):
-            V[i] = L[ix[(0, o[0])][edge[0]], ix[(1, o[1])][edge[1]], ix[(2, o[2])][edge[2]]]
-        V.sort(axis=0)
-        pr[edge] = (V[N_NEIGH // 2 - 1] + V[N_NEIGH // 2] + 1) // 2
-    return pr, act, nres, idx
+        E = np.sort(np.stack([v[edge] for v in V]), axis=0)
+        pr[edge] = (E[N_NEIGH // 2 - 1] + E[N_NEIGH // 2] + 1) // 2
+    return pr, act
 
 
 def denoised(pr: np.ndarray, rec: np.ndarray, th: int, kd: int) -> np.ndarray:

@@ -315,3 +315,13 @@ def test_v1_and_v2_configs_are_not_mixed():
             NearLosslessModel().render(bad)
     with pytest.raises(InputError):
         NearLosslessModel().fit(x, NearLosslessConfig(max_error=1, predictor="median"))
+
+
+def test_v2_slabs_do_not_change_the_decoded_voxels(monkeypatch):
+    from inrv.codec.nearlossless import predict
+
+    x = _noisy_ct((13, 11, 9)).astype(np.int64)
+    params, sections, R = coder.encode(x, 2, 2, "smooth")
+    monkeypatch.setattr(predict, "SLAB", 5)          # slabs of one row of targets or so
+    assert np.array_equal(coder.decode(x.shape, params, sections), R)
+    assert np.abs(R - x).max() <= 2
