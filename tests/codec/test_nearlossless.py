@@ -170,7 +170,10 @@ def _golden_entries():
 
 def test_golden_nearlossless_files_decode_bit_exactly():
     entries, meta = _golden_entries()
-    assert {e["file"] for e in entries} >= {"nearlossless-e3.inrv", "nearlossless-lossless.inrv"}
+    assert {e["file"] for e in entries} >= {"nearlossless-e3.inrv", "nearlossless-lossless.inrv",
+                                            "nearlossless-v2-e3.inrv", "nearlossless-v2-lossless.inrv"}
+    versions = {inrv.read(GOLDEN / e["file"]).encoded.config["v"] for e in entries}
+    assert versions == {1, 2}           # both payload versions stay readable, bit-exactly
     reference = np.load(GOLDEN / meta["reference"], allow_pickle=False)
     for e in entries:
         f = inrv.read(GOLDEN / e["file"])
