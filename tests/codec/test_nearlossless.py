@@ -328,3 +328,18 @@ def test_v2_slabs_do_not_change_the_decoded_voxels(monkeypatch):
     monkeypatch.setattr(predict, "SLAB", 5)          # slabs of one row of targets or so
     assert np.array_equal(coder.decode(x.shape, params, sections), R)
     assert np.abs(R - x).max() <= 2
+
+
+def test_schema_checks_the_v2_keys():
+    from inrv.codec import schema
+    from inrv.errors import UnsupportedVersionError
+
+    base = {"model": "nearlossless", "max_error": 1.0, "E": 1, "lo": 0, "hi": 9, "root": 0, "mode": 0}
+    schema.validate_config("nearlossless", {**base, "v": 1}, (4, 4, 4))
+    schema.validate_config("nearlossless", {**base, "v": 2, "th": 96, "kd": 1}, (4, 4, 4))
+    for bad in ({"v": 2}, {"v": 2, "th": 96}, {"v": 2, "th": 0, "kd": 1}, {"v": 2, "th": 9, "kd": 65},
+                {"v": 2, "th": 9.5, "kd": 1}, {"v": 1, "th": 96, "kd": 1}):
+        with pytest.raises(FormatError):
+            schema.validate_config("nearlossless", {**base, **bad}, (4, 4, 4))
+    with pytest.raises(UnsupportedVersionError):
+        schema.validate_config("nearlossless", {**base, "v": 3, "th": 96, "kd": 1}, (4, 4, 4))
