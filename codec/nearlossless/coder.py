@@ -47,7 +47,7 @@ MAX_TH = 1 << 40                # version 2: smoothing threshold and weight limi
 MAX_KD = 64
 #: version 2 encoder: the smoothing thresholds tried, ``a + b * q`` stored units (``q = 2E + 1``: the
 #: bin width of the bound), and the weight ``kd`` of the prediction in the denoised values
-TH_CANDIDATES = ((96, 0), (64, 4))
+TH_CANDIDATES = ((96, 0), (64, 4), (80, 0))
 KD = 1
 
 
