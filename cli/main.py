@@ -288,7 +288,8 @@ def decode(src: Path, output: Path | None, shape: tuple[int, int, int] | None, d
     if _same_path(src, output):
         raise UsageError(f"the output {output} is the input; choose another -o")
     check_output(output, force=force, folder_ok=True)    # format, -f, folder writable: before decoding
-    if _decodes_on_device(facts.details.get("model")):   # a numpy-only family (nearlossless): no torch
+    # a numpy-only family (nearlossless) imports no torch, unless a device other than cpu/auto is named
+    if _decodes_on_device(facts.details.get("model")) or (device or "auto").strip().lower() not in ("auto", "cpu"):
         _check_device(device)
     t0 = time.perf_counter()
     try:

@@ -25,6 +25,11 @@ reconstructed data only: the level group, the local activity ``2|c - b| + |b - a
 ``a``/``d`` exist, else ``2|c - b|``, else 0) in units of ``q``, and the magnitudes of the quantised
 residuals of ``b`` and ``c`` plus ``floor(2 D / (4 axis))``, ``D`` the sum of the residual magnitudes of the
 ``4 axis`` diagonal neighbours (bucketed, see :func:`contexts`).
+
+Payload version 2 (:func:`predict_v2`): the interpolation ``c`` is refined by the mean of ``c`` and those of
+the 18 already decoded neighbours (:func:`neighbour_offsets`) of a *denoised* copy ``D`` that lie within
+``th`` of ``c`` (the median of all 18 where fewer than 4 do: an edge); the activity is their spread. After a
+voxel is decoded, ``D`` keeps ``(kd p + rec) / (kd + 1)`` where the residual was small (:func:`denoised`).
 """
 
 from __future__ import annotations
