@@ -142,7 +142,7 @@ def _run_passes(shape, E: int, lo: int, hi: int, root: int, mode: int, step, smo
             pred, act, nres, idx = P.predict(R, M, p)
         else:
             pred, act, nres, idx = P.predict_v2(R, D, M, p, th)
-        ctx = P.contexts(p.level, act, nres, q, pred, mode)
+        ctx = P.contexts(p.level, act, nres, q, pred, mode, 1 if D is None else 2)
         k = step(p, pred, ctx, idx)
         rec = pred + k * q if E else pred + k
         np.clip(rec, lo, hi, out=rec)

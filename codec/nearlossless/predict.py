@@ -47,6 +47,10 @@ N_RES = len(RES_EDGES) + 1
 N_LEVEL_GROUPS = 3
 N_MODE = 4                      # prediction vs the volume's most frequent value: far, mode-1, mode, mode+1
 N_CONTEXTS = N_LEVEL_GROUPS * N_ACT * N_RES * N_MODE
+# version 2 (same number of buckets, so the same context ids and 960 tables; level groups 0 and >= 1 only)
+ACT_EDGES_V2 = np.array([2, 4, 6, 8, 12, 16, 22, 30, 40, 56, 80, 112, 160, 224, 320], dtype=np.int64)
+RES_EDGES_V2 = np.array([1, 3, 6, 12], dtype=np.int64)
+N_LEVEL_GROUPS_V2 = 2
 
 
 @dataclass(frozen=True)
@@ -125,13 +129,16 @@ def predict(R: np.ndarray, M: np.ndarray, p: Pass) -> tuple[np.ndarray, np.ndarr
     return pred, act, nres, idx
 
 
-def contexts(level: int, act: np.ndarray, nres: np.ndarray, q: int, pred: np.ndarray, mode: int) -> np.ndarray:
+def contexts(level: int, act: np.ndarray, nres: np.ndarray, q: int, pred: np.ndarray, mode: int,
+             version: int = 1) -> np.ndarray:
     """Context ids (0 .. N_CONTEXTS-1) from the activity, the neighbour residual magnitudes and where the
     prediction lies against ``mode``, the most frequent value (background, air: a bias that depends on
-    the level, which the residual alone does not show)."""
-    a = np.searchsorted(ACT_EDGES, act // q, side="right")
-    r = np.searchsorted(RES_EDGES, nres, side="right")
-    g = min(level, N_LEVEL_GROUPS - 1)
+    the level, which the residual alone does not show). Version 2 has its own activity scale (edges
+    :data:`ACT_EDGES_V2`, :data:`RES_EDGES_V2`) and two level groups (ids below 640)."""
+    v2 = version >= 2
+    a = np.searchsorted(ACT_EDGES_V2 if v2 else ACT_EDGES, act // q, side="right")
+    r = np.searchsorted(RES_EDGES_V2 if v2 else RES_EDGES, nres, side="right")
+    g = min(level, (N_LEVEL_GROUPS_V2 if v2 else N_LEVEL_GROUPS) - 1)
     d = pred - mode
     f = np.where(np.abs(d) <= 1, d + 2, 0)
     return (((g * N_ACT + a) * N_RES + r) * N_MODE) + f
@@ -160,7 +167,6 @@ def neighbour_offsets(axis: int) -> list[tuple[int, int, int]]:
 N_NEIGH = 18
 EDGE_KEPT = 4                   # version 2: fewer kept neighbours than this: an edge (median)
 SLAB = 1 << 19                  # version 2: targets per slab (memory: ~40 bytes x 18 per target)
-N_CONTEXTS_V2 = N_CONTEXTS
 
 
 def _reflect(i: np.ndarray, d: int, n: int) -> np.ndarray:
