@@ -204,17 +204,25 @@ def predict_v2(R: np.ndarray, D: np.ndarray, M: np.ndarray, p: Pass, th: int):
 def _smooth(L, c, ix0, ix, offs, th):
     """:func:`predict_v2`'s prediction and activity for one slab of targets (``ix0``: the slab's
     first-axis indices per offset along it)."""
-    V = [L[np.ix_(ix0[o[0]], ix[(1, o[1])], ix[(2, o[2])])] for o in offs]
-    W = [np.abs(v - c) < th for v in V]
+    V = _gather(L, [ix0, {d: i for (e, d), i in ix.items() if e == 1}, {d: i for (e, d), i in ix.items() if e == 2}],
+                offs)
     num = c.copy()
     den = np.ones_like(c)
-    for v, w in zip(V, W):
-        num += np.where(w, v, 0)
+    W = []
+    for v in V:
+        d = v - c
+        np.abs(d, out=d)
+        w = d < th
+        W.append(w)
+        num += v * w
         den += w
     pr = (2 * num + den) // (2 * den)
     dev = np.zeros_like(c)
     for v, w in zip(V, W):
-        dev += np.where(w, np.abs(v - pr), 0)
+        d = v - pr
+        np.abs(d, out=d)
+        d *= w
+        dev += d
     kept = np.maximum(den - 1, 1)
     act = 2 * (dev // kept) + 2 * (N_NEIGH + 1 - den)
     # edges: fewer than EDGE_KEPT neighbours near c (c lies between two levels): the median of the 18
@@ -224,6 +232,22 @@ def _smooth(L, c, ix0, ix, offs, th):
         E = np.sort(np.stack([v[edge] for v in V]), axis=0)
         pr[edge] = (E[N_NEIGH // 2 - 1] + E[N_NEIGH // 2] + 1) // 2
     return pr, act
+
+
+def _gather(L: np.ndarray, idx: list[dict], offs) -> list[np.ndarray]:
+    """``L[np.ix_(idx[0][o[0]], idx[1][o[1]], idx[2][o[2]])]`` for every offset ``o`` (the same values),
+    by one ``take`` per axis, the most selective axis first and its result shared between offsets."""
+    frac = [len(next(iter(idx[e].values()))) / max(1, L.shape[e]) for e in range(3)]
+    order = sorted(range(3), key=lambda e: (frac[e], e))
+    first: dict[int, np.ndarray] = {}
+    out = []
+    for o in offs:
+        d = o[order[0]]
+        if d not in first:
+            first[d] = np.take(L, idx[order[0]][d], axis=order[0])
+        v = np.take(first[d], idx[order[1]][o[order[1]]], axis=order[1])
+        out.append(np.take(v, idx[order[2]][o[order[2]]], axis=order[2]))
+    return out
 
 
 def denoised(pr: np.ndarray, rec: np.ndarray, th: int, kd: int) -> np.ndarray:
