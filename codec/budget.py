@@ -65,6 +65,13 @@ class TrainSchedule:
         self._pos = max(self._pos, float(step), self.steps * share if step >= self.min_steps else 0.0)
         return min(self._pos, float(self.steps))
 
+    def expected_steps(self, step: int) -> float:
+        """The number of steps training will take: ``steps``, or under a deadline the estimate from
+        the position reached so far (``step`` steps done at position ``pos``)."""
+        if self.deadline is None or step < self.min_steps or self._pos <= 0:
+            return float(self.steps)
+        return min(float(self.steps), self.steps * step / self._pos)
+
     def running(self, step: int) -> bool:
         if step >= self.steps:
             return False

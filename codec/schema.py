@@ -146,6 +146,7 @@ LATENT_FIELDS: dict[str, tuple[_Check, str]] = {
     "soft_t1": (Num(), "a finite number"),
     "init_scale": (Num(), "a finite number"),
     "rate_checkpoint": (Opt(Bool()), "true, false or nil"),
+    "rate_passes": (Int(1, 8), "1..8"),
 }
 
 _LATENT_REQUIRED = ("levels", "channels", "synth_width", "synth_layers", "conv_channels", "ctx_width", "sym_range")

@@ -52,6 +52,8 @@ class LatentConfig:
                                     # 20 % of the volume (0 = never)
     time_budget: float | None = None        # seconds for the whole encode (search included): training is
                                             # planned to end on time, ``steps`` is then only an upper bound
+    rate_passes: int = 4            # noise phase: the training rate of the large levels counts this many of
+                                    # the 8 coding passes, drawn at random each step (8 = all; training only)
     rate_checkpoint: bool | None = None     # recompute the context network in the backward pass (~7x less
                                             # rate activation memory, ~40 % slower rate); None = on CUDA only
 

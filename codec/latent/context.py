@@ -112,7 +112,7 @@ class ContextModel(nn.Module):
         return torch.cat([co] + cn + nb + [onehot], 0)
 
     def pass_bits(self, q: torch.Tensor, coarse: torch.Tensor | None, level: int, r_lo: int, a: int,
-                  b: int, checkpoint: bool = False) -> torch.Tensor:
+                  b: int, checkpoint: bool = False, only: frozenset | None = None) -> torch.Tensor:
         """Bits of the rows ``[a, b)`` (absolute, first axis) of a level under the 8-pass model, from
         ``q`` (C, n, B, D) holding its rows ``[r_lo, r_lo + n)`` (a halo row on each side of
         ``[a, b)`` where the level has one) and ``coarse`` likewise (or None).
@@ -124,9 +124,11 @@ class ContextModel(nn.Module):
 
         ``checkpoint``: each pass keeps only its gathered inputs for the backward pass and recomputes
         its network there (``torch.utils.checkpoint``): ~7x less activation memory for the rate, for
-        one more forward pass of the context network (used on GPUs, where memory is the limit)."""
+        one more forward pass of the context network (used on GPUs, where memory is the limit).
+
+        ``only``: the indices of the passes to count (None: all 8), for the sampled training rate."""
         total = q.new_zeros(())
-        for ps, qg, cg in self.pass_inputs(q, coarse, r_lo, a, b):
+        for ps, qg, cg in self.pass_inputs(q, coarse, r_lo, a, b, only):
             if checkpoint and torch.is_grad_enabled():
                 bits = torch.utils.checkpoint.checkpoint(self._pass_net, qg, cg, level, ps, use_reentrant=False)
             else:
@@ -134,7 +136,8 @@ class ContextModel(nn.Module):
             total = total + bits
         return total
 
-    def pass_inputs(self, q: torch.Tensor, coarse: torch.Tensor | None, r_lo: int, a: int, b: int) -> list:
+    def pass_inputs(self, q: torch.Tensor, coarse: torch.Tensor | None, r_lo: int, a: int, b: int,
+                    only: frozenset | None = None) -> list:
         """The gathered inputs of :meth:`pass_bits`, per pass ``(ps, qg, cg)`` (``ps`` a :class:`Pass`):
         they depend on the latents only, so a search over the network's weights gathers them once
         (``_pass_net`` each time)."""
@@ -145,6 +148,8 @@ class ContextModel(nn.Module):
         B, D = q.shape[2:]
         plan, q_groups, c_groups = [], [], []
         for ps in pass_plan(self.coarse, C):
+            if only is not None and ps.index not in only:
+                continue
             pa, pb, pc = ps.phase
             s0 = a + ((pa - a) % 2) - r_lo          # first counted local row of this phase
             e0 = b - r_lo

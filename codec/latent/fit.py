@@ -14,7 +14,8 @@ background mask, the latents and the two networks, and the few helpers every pha
    decoder's own path and measure.
 
 The module is a little over 500 lines because the five phases and their shared state read best in one place
-(each phase function stays under 80 lines); the time budget's planning lives in ``codec/budget.py``.
+(each phase function stays under 80 lines); the time budget's planning lives in ``codec/budget.py``, the
+training quantiser (soft rounding, noise) in :mod:`~inrv.codec.latent.quantiser`.
 
 lambda and steps are ``cfg.lmbda`` and ``cfg.steps``: the lambda search passes
 ``dataclasses.replace(cfg, lmbda=..., steps=...)``.
@@ -43,9 +44,10 @@ from .coder import code_latents
 from .config import FORMAT_VERSION, LatentConfig
 from .context import ContextModel, _auto_ctx_width, _make_ctx, pass_map
 from .grids import level_shapes, up_cubic_torch, up_torch
+from .quantiser import rounded
 from .nets import _arch_shapes, _cached_bits, _choose_weight_steps, _decode_nets, _rate_inputs, pack_nets
 from .rate import rate_bits, total_bits
-from .synthesis import Synthesis, _make_synth, _row_windows, _synth_input, synthesise
+from .synthesis import FG_CHUNK, Synthesis, _make_synth, _row_windows, _synth_input, fg_box, synthesise
 
 # the background mask is used where its blocks cover at least this share of the voxels: on mni_t1
 # (77 %) it gains 1.8 dB at 0.5 bpv; on mni_patch64 (7 %) there is little to gain and ~100 B to pay
@@ -61,22 +63,16 @@ _ARCH_FIELDS = ("model", "levels", "channels", "synth_width", "synth_layers", "c
 CODE_COST = 2.0
 
 
-def soft_round(x: torch.Tensor, t: float) -> torch.Tensor:
-    """Differentiable rounding with temperature ``t`` (Agustsson & Theis 2020): identity as
-    ``t`` grows, ``round`` as ``t -> 0``; used with an annealed ``t`` during training (as in C3)."""
-    m = torch.floor(x) + 0.5
-    a = 1.0 / t
-    return m + torch.tanh(a * (x - m)) / (2.0 * math.tanh(a / 2.0))
+# the latents' and the entropy model's learning rate ``lr`` is the right one for LR_REF_STEPS steps; a
+# shorter training moves them further per step: lr x sqrt(LR_REF_STEPS / steps), at most LR_MAX_BOOST x
+# (measured on mni_patch64 at 150 steps: lr 1e-2 -> 3e-2 gained 1.5 dB at equal rate, model-latent.md)
+LR_REF_STEPS = 2000
+LR_MAX_BOOST = 4.0
 
 
-def _kumaraswamy(shape, a: float, gen: torch.Generator) -> torch.Tensor:
-    """Noise on [-1/2, 1/2]: a Kumaraswamy(a, b) variable minus 1/2 with its mode at 0, peaked for
-    ``a > 1`` and uniform at ``a = 1`` (C3 anneals ``a`` from 2 to 1 alongside the temperature)."""
-    u = torch.rand(shape, generator=gen)
-    if abs(a - 1.0) < 1e-9:
-        return u - 0.5
-    b = ((a - 1.0) / 0.5 ** a + 1.0) / a
-    return (1.0 - (1.0 - u).clamp_min(1e-12) ** (1.0 / b)) ** (1.0 / a) - 0.5
+def lr_boost(steps: float) -> float:
+    """The factor on ``lr`` for a training of ``steps`` steps (1 from LR_REF_STEPS steps up)."""
+    return min(LR_MAX_BOOST, max(1.0, math.sqrt(LR_REF_STEPS / max(1.0, steps))))
 
 
 @dataclass
@@ -115,17 +111,45 @@ class FitState:
     search_plan: tuple | None = None        # (eval rows, stride, small, reserve seconds) under a budget
     loss: float = float("nan")
     train_seconds: float = 0.0
+    skip_background: bool = True            # synthesis and distortion in the foreground's box only
+    _keep_np: np.ndarray | None = None
 
-    def sqerr(self, pred: torch.Tensor, r0: int = 0, r1: int | None = None) -> torch.Tensor:
-        """Mean squared error of ``pred`` against rows ``[r0, r1)``, background voxels left out."""
+    def sqerr(self, pred: torch.Tensor, r0: int = 0, r1: int | None = None, box=None) -> torch.Tensor:
+        """Mean squared error of ``pred`` against rows ``[r0, r1)``, background voxels left out.
+        ``box`` ``(b0, b1, c0, c1)``: ``pred`` covers only these columns of the rows (everything
+        outside them is background); the mean is still over all the voxels of the rows."""
         r1 = self.shape[0] if r1 is None else r1
-        e = (pred - self.x[r0:r1]) ** 2
-        return torch.mean(e if self.keep is None else e * self.keep[r0:r1])
+        if box is None:
+            e = (pred - self.x[r0:r1]) ** 2
+            return torch.mean(e if self.keep is None else e * self.keep[r0:r1])
+        b0, b1, c0, c1 = box
+        e = (pred - self.x[r0:r1, b0:b1, c0:c1]) ** 2 * self.keep[r0:r1, b0:b1, c0:c1]
+        return torch.sum(e) / ((r1 - r0) * self.shape[1] * self.shape[2])
 
-    def forward(self, qs, rows=None, win=None) -> torch.Tensor:
-        """The synthesis of output ``rows`` (None: all) from latents ``qs`` (row windows ``win``)."""
+    def box(self, r0: int, r1: int):
+        """The smallest box of columns ``(b0, b1, c0, c1)`` that holds every voxel of rows ``[r0, r1)``
+        outside the background mask, (0, 0, 0, 0) if there is none, or None (no mask, skipping off, or
+        the box is the whole plane). The synthesis and the distortion are computed in it only: the
+        same loss and gradients as the whole rows, where only background (left out of the distortion)
+        is skipped."""
+        if self.keep is None or not self.skip_background:
+            return None
+        if self._keep_np is None:
+            self._keep_np = self.keep.cpu().numpy()
+        box = fg_box(self._keep_np[r0:r1])
+        if box is None:
+            return (0, 0, 0, 0)
+        return None if box == (0, self.shape[1], 0, self.shape[2]) else box
+
+    def forward(self, qs, rows=None, win=None, box=None) -> torch.Tensor:
+        """The synthesis of output ``rows`` (None: all) from latents ``qs`` (row windows ``win``),
+        in the columns ``box`` only where given (see :meth:`box`)."""
         r0, r1 = (0, self.shape[0]) if rows is None else (int(rows[0]), int(rows[-1]) + 1)
-        return self.syn(_synth_input(qs, self.shape, r0, r1, self.cfg.upsample, self.syn.halo, win))
+        f = _synth_input(qs, self.shape, r0, r1, self.cfg.upsample, self.syn.halo, win)
+        if box is not None:
+            h = self.syn.halo
+            f = f[:, :, box[0]:box[1] + 2 * h, box[2]:box[3] + 2 * h]
+        return self.syn(f)
 
     def draw_rows(self):
         """The output rows of this step: a random slab, or None (the whole volume) when it fits."""
@@ -144,11 +168,24 @@ class FitState:
         return ([p[:, lo_:hi_] for p, (lo_, hi_) in zip(self.lat, spans)],
                 [(sh[0], lo_) for sh, (lo_, _) in zip(self.shapes, spans)])
 
-    def step_terms(self, qs, noisy, rows, win):
-        """Distortion of the synthesis from ``qs`` and rate of ``noisy`` on this step's rows."""
-        pred = self.forward(qs, rows, win)
-        dist = self.sqerr(pred) if rows is None else self.sqerr(pred, int(rows[0]), int(rows[-1]) + 1)
-        return dist, rate_bits(self, noisy, rows, win)
+    def step_terms(self, qs, noisy, rows, win, passes: int = 8):
+        """Distortion of the synthesis from ``qs`` and rate of ``noisy`` on this step's rows
+        (``passes``: see :func:`rate_bits`)."""
+        r0, r1 = (0, self.shape[0]) if rows is None else (int(rows[0]), int(rows[-1]) + 1)
+        if self.keep is None or not self.skip_background:
+            dist = self.sqerr(self.forward(qs, rows, win), r0, r1)
+        else:
+            # background skipped: the rows in chunks of FG_CHUNK, each synthesised in the box of its
+            # foreground only (a chunk of background alone is not synthesised at all)
+            dist = 0.0
+            for c0 in range(r0, r1, FG_CHUNK):
+                c1 = min(r1, c0 + FG_CHUNK)
+                box = self.box(c0, c1)
+                if box == (0, 0, 0, 0):
+                    continue
+                pred = self.forward(qs, np.arange(c0, c1), win, box)
+                dist = dist + self.sqerr(pred, c0, c1, box) * ((c1 - c0) / (r1 - r0))
+        return dist, rate_bits(self, noisy, rows, win, passes)
 
     def load_nets(self, deq: dict[str, np.ndarray]) -> None:
         """Load dequantised network tensors (``syn.*`` / ``ctx.*``) into the two networks."""
@@ -185,12 +222,18 @@ def _search_inputs(st: FitState, hard, ev: int):
     r0m = (shape[0] - ev) // 2
     ev_rows = np.arange(r0m, r0m + ev) if ev < shape[0] else None
     syn_in = _synth_input(hard, shape, r0m, r0m + ev, cfg.upsample, st.syn.halo)
+    box = st.box(r0m, r0m + ev)
+    if box == (0, 0, 0, 0):
+        box = None
+    if box is not None:         # the foreground's box only (see FitState.box)
+        h = st.syn.halo
+        syn_in = syn_in[:, :, box[0]:box[1] + 2 * h, box[2]:box[3] + 2 * h]
     lat_in = _rate_inputs(st.ctx, hard, st.shapes, shape, ev_rows, cfg.max_voxels_per_step) \
         if cfg.ctx_passes == 8 else None
 
     def dist_of(deq):
         st.load_nets(deq)
-        return float(st.sqerr(st.syn(syn_in), r0m, r0m + ev))
+        return float(st.sqerr(st.syn(syn_in), r0m, r0m + ev, box))
 
     def lat_bits_of(deq):
         st.load_nets(deq)
@@ -334,26 +377,6 @@ def init_context(ctx: ContextModel, lat) -> None:
             ctx.level_bias[k, C:] = torch.log(b)
 
 
-def _rounded(st: FitState, src, step: int, hard_from: int):
-    """The latents of this step as the synthesis (``qs``) and the rate (``noisy``) see them: soft
-    rounding + Kumaraswamy noise, or uniform noise, before ``hard_from``; straight-through
-    rounding after."""
-    cfg = st.cfg
-    if step < hard_from and cfg.soft_round:
-        # C3's recipe: soft rounding with a temperature annealed from t0 to t1, plus noise;
-        # the rate sees the noisy soft-rounded value, the synthesis its soft rounding
-        prog = step / max(1, hard_from)
-        t = cfg.soft_t0 * (cfg.soft_t1 / cfg.soft_t0) ** prog
-        ka = cfg.noise_a0 + (1.0 - cfg.noise_a0) * prog
-        noisy = [soft_round(p, t) + _kumaraswamy(p.shape, ka, st.gen).to(st.dev) for p in src]
-        return [soft_round(n, t) for n in noisy], noisy
-    if step < hard_from:
-        qs = [p + (torch.rand(p.shape, generator=st.gen).to(st.dev) - 0.5) for p in src]
-        return qs, qs
-    qs = [p + (torch.round(p) - p).detach() for p in src]
-    return qs, qs
-
-
 def train(st: FitState, progress: Progress | None = None) -> None:
     """Phase 2: ``cfg.steps`` Adam steps on ``MSE + lmbda * bits / voxels`` with a cosine learning
     rate; the best hard-rounding state is kept and restored (sets ``st.loss``, ``st.train_seconds``)."""
@@ -376,13 +399,16 @@ def train(st: FitState, progress: Progress | None = None) -> None:
     while sched.running(step):
         pos = sched.pos(step)           # = step, unless a time budget drives the schedule
         lr_f = 0.5 * (1 + math.cos(math.pi * pos / max(1, steps)))
-        for g, b in zip(opt.param_groups, base_lrs):
-            g["lr"] = b * max(lr_f, 0.02)
+        boost = lr_boost(sched.expected_steps(step))
+        for i, (g, b) in enumerate(zip(opt.param_groups, base_lrs)):
+            g["lr"] = b * max(lr_f, 0.02) * (boost if i < 2 else 1.0)
         rows = st.draw_rows()
         # only the rows of every level this step reads are rounded and noised (large volumes)
         src, win = st.windows(rows)
-        qs, noisy = _rounded(st, src, pos, hard_from)
-        dist, bits = st.step_terms(qs, noisy, rows, win)
+        qs, noisy = rounded(st.cfg, src, pos, hard_from, st.gen, st.dev)
+        # the noise phase may estimate the rate from a sample of the coding passes; the hard phase,
+        # which picks the state that is kept, counts them all
+        dist, bits = st.step_terms(qs, noisy, rows, win, cfg.rate_passes if pos < hard_from else 8)
         loss = dist + cfg.lmbda * bits / st.nvox
         st.loss = float(loss.detach())
         if pos >= hard_from and st.loss < best[0]:
@@ -486,6 +512,7 @@ def stored_config(st: FitState, wmeta: dict, sym_range: list[int]) -> dict:
     conf.pop("bg_block", None)
     conf.pop("rate_checkpoint", None)        # how it was trained, not how it decodes
     conf.pop("time_budget", None)
+    conf.pop("rate_passes", None)
     if st.bgb is not None:
         conf["bg_block"] = int(cfg.bg_block)
     conf.update({"v": FORMAT_VERSION if st.bgb is not None else 2, "sym_range": sym_range, **wmeta})

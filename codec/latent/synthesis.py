@@ -70,6 +70,22 @@ class Synthesis(nn.Module):
         return self.skip(z)[0, 0]
 
 
+# with a background mask, rows are synthesised in chunks of this many rows, each in the box of its
+# foreground only (training and decoding): on mni_t1 (24 % foreground) 45 % of the voxels of a
+# whole-plane synthesis (67 % with one box per 95-row slab; thinner chunks pay more halo again)
+FG_CHUNK = 16
+
+
+def fg_box(fg: np.ndarray):
+    """``(b0, b1, c0, c1)``: the smallest box of columns holding every True voxel of ``fg`` (rows, b, c),
+    or None when there is none."""
+    plane = fg.any(axis=0)
+    bs, cs = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    if len(bs) == 0:
+        return None
+    return int(bs[0]), int(bs[-1]) + 1, int(cs[0]), int(cs[-1]) + 1
+
+
 def _synth_input(qs, shape, r0: int, r1: int, upsample: str = "linear", halo: int = Synthesis.HALO,
                  win=None) -> torch.Tensor:
     """Upsampled latents for output rows ``[r0, r1)`` of axis 0 plus a halo of ``halo`` voxels
@@ -138,12 +154,26 @@ def synthesise(ints, deq, cfg: LatentConfig, orig, bgb, bb: int, value_range, de
     span = hi - lo if hi > lo else 1.0
     out = np.empty(vshape, dtype=np.float32)
     rows_per = max(1, min(vshape[0], (1 << 21) // max(1, vshape[1] * vshape[2])))
+    h = syn.halo
     with torch.no_grad():
         for r0 in range(0, vshape[0], rows_per):
             r1 = min(vshape[0], r0 + rows_per)
-            o = syn(_synth_input(lat, vshape, r0, r1, cfg.upsample, syn.halo)).cpu().numpy()
-            if bgb is not None:     # background blocks: exactly the minimum (0 on this scale)
-                o[expand_blocks(bgb, bb, vshape, r0, r1)] = 0.0
+            if bgb is None:
+                o = syn(_synth_input(lat, vshape, r0, r1, cfg.upsample, h)).cpu().numpy()
+            else:
+                # background blocks: exactly the minimum (0 on this scale), and not synthesised:
+                # chunks of FG_CHUNK rows, each in the box of its foreground (as in training)
+                bg = expand_blocks(bgb, bb, vshape, r0, r1)
+                o = np.zeros(bg.shape, np.float32)
+                for c0 in range(r0, r1, FG_CHUNK):
+                    c1 = min(r1, c0 + FG_CHUNK)
+                    box = fg_box(~bg[c0 - r0:c1 - r0])
+                    if box is None:
+                        continue
+                    b0, b1, d0, d1 = box
+                    f = _synth_input(lat, vshape, c0, c1, cfg.upsample, h)[:, :, b0:b1 + 2 * h, d0:d1 + 2 * h]
+                    o[c0 - r0:c1 - r0, b0:b1, d0:d1] = syn(f).cpu().numpy()
+                o[bg] = 0.0
             # back to the original range in float64, slab by slab (no volume-sized float64 array)
             out[r0:r1] = o.astype(np.float64) * span + lo
     return out.reshape(orig)
