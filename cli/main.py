@@ -139,6 +139,12 @@ def _check_device(device: str | None) -> None:
     resolve_device(device)
 
 
+def _decodes_on_device(model: Any) -> bool:
+    """Whether decoding a file of this model family needs a torch device (unknown: assume it does)."""
+    spec = family_spec(model)
+    return True if spec is None else bool(spec.uses_device)
+
+
 def _source_kind(info: dict[str, Any]) -> str | None:
     src = info.get("source")
     if isinstance(src, dict):
@@ -282,7 +288,9 @@ def decode(src: Path, output: Path | None, shape: tuple[int, int, int] | None, d
     if _same_path(src, output):
         raise UsageError(f"the output {output} is the input; choose another -o")
     check_output(output, force=force, folder_ok=True)    # format, -f, folder writable: before decoding
-    _check_device(device)
+    # a numpy-only family (nearlossless) imports no torch, unless a device other than cpu/auto is named
+    if _decodes_on_device(facts.details.get("model")) or (device or "auto").strip().lower() not in ("auto", "cpu"):
+        _check_device(device)
     t0 = time.perf_counter()
     try:
         vol = inrv.decompress(src, output, shape=shape, device=device, force=force)

@@ -301,7 +301,7 @@ def validate_paper(conf: Mapping[str, Any], shape: tuple[int, ...]) -> None:
 
 # --------------------------------------------------------------------------- nearlossless family
 
-NEARLOSSLESS_VERSION = 1
+NEARLOSSLESS_VERSION = 2
 _BIG = 1 << 62
 NEARLOSSLESS_FIELDS: dict[str, tuple[_Check, str]] = {
     "max_error": (Num(0.0), "a finite number >= 0"),
@@ -314,6 +314,8 @@ NEARLOSSLESS_FIELDS: dict[str, tuple[_Check, str]] = {
     "step": (Num(1e-300), "a finite number > 0"),
     "grid": (lambda v: IntList(3, -_BIG, _BIG)(v) and v[1] >= 1 and v[0] <= v[2], "[g0, q >= 1, g1 >= g0]"),
     "fallback": (lambda v: isinstance(v, str) and 0 < len(v) <= 64, "a family id"),
+    "th": (Int(1, 1 << 40), "an int 1..2**40"),          # version 2: smoothing threshold
+    "kd": (Int(0, 64), "an int 0..64"),                  # version 2: weight of the prediction when denoising
 }
 
 
@@ -328,6 +330,12 @@ def validate_nearlossless(conf: Mapping[str, Any], shape: tuple[int, ...]) -> No
                                       f"({NEARLOSSLESS_VERSION}): upgrade inrv")
     _require(m, conf, ("E", "lo", "hi", "root", "mode"))
     _check_fields(m, conf, NEARLOSSLESS_FIELDS)
+    if v >= 2:
+        _require(m, conf, ("th", "kd"))
+    else:
+        for k in ("th", "kd"):
+            if k in conf:
+                raise _fail(m, k, conf[k], "absent in payload version 1")
     if not conf["lo"] <= conf["root"] <= conf["hi"] or not conf["lo"] <= conf["mode"] <= conf["hi"]:
         raise _fail(m, "root", conf["root"], "lo <= root, mode <= hi")
 

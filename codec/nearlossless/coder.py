@@ -42,6 +42,20 @@ def count_value(code: np.ndarray) -> np.ndarray:
     m = np.maximum(k - 16, 0) % 16
     return np.where(k < 16, k, (16 + m) << e)
 RES_CAP = 1 << 20
+PREDICTORS = ("auto", "interp", "smooth")     # encoder choice: both versions, version 1, version 2
+MAX_TH = 1 << 40                # version 2: smoothing threshold and weight limits
+MAX_KD = 64
+#: version 2 encoder: the smoothing thresholds tried, ``a + b * q`` stored units (``q = 2E + 1``: the
+#: bin width of the bound), and the weight ``kd`` of the prediction in the denoised values
+TH_CANDIDATES = ((96, 0), (64, 4), (80, 0))
+KD = 1
+
+
+def smoothing(E: int, unit: int = 1, cand: int = 0) -> tuple[int, int]:
+    """The version-2 smoothing parameters ``(th, kd)`` the encoder tries (candidate ``cand``) for the
+    in-loop bound ``E`` on integers that count steps of ``unit`` stored units (grid mode: ``unit = 2E + 1``)."""
+    a, b = TH_CANDIDATES[cand]
+    return max(1, (a + b * (2 * E + 1) * unit + unit // 2) // unit), KD
 
 
 def _varints(values: list[int]) -> bytes:
@@ -111,20 +125,31 @@ def _model(counts: np.ndarray):
     return constriction.stream.model.Categorical(np.asarray(counts, dtype=np.float64), perfect=False)
 
 
-def _run_passes(shape, E: int, lo: int, hi: int, root: int, mode: int, step):
-    """Drive the passes; ``step(pass, pred, ctx, idx) -> k`` supplies each pass's quantised residuals."""
+def _run_passes(shape, E: int, lo: int, hi: int, root: int, mode: int, step, smooth: tuple[int, int] | None = None):
+    """Drive the passes; ``step(pass, pred, ctx, idx) -> k`` supplies each pass's quantised residuals.
+    ``smooth = (th, kd)``: payload version 2's predictor (:func:`predict.predict_v2`), else version 1's."""
     q = 2 * E + 1
     R = np.zeros(shape, dtype=np.int64)
     M = np.zeros(shape, dtype=np.int32)
     R[0, 0, 0] = root
+    D = None
+    if smooth is not None:
+        th, kd = smooth
+        D = np.zeros(shape, dtype=np.int64)
+        D[0, 0, 0] = root
     for p in P.passes(shape):
-        pred, act, nres, idx = P.predict(R, M, p)
-        ctx = P.contexts(p.level, act, nres, q, pred, mode)
+        if D is None:
+            pred, act, nres, idx = P.predict(R, M, p)
+        else:
+            pred, act, nres, idx = P.predict_v2(R, D, M, p, th)
+        ctx = P.contexts(p.level, act, nres, q, pred, mode, 1 if D is None else 2)
         k = step(p, pred, ctx, idx)
         rec = pred + k * q if E else pred + k
         np.clip(rec, lo, hi, out=rec)
         R[p.view][idx] = rec
         M[p.view][idx] = np.minimum(np.abs(k), RES_CAP)
+        if D is not None:
+            D[p.view][idx] = P.denoised(pred, rec, th, kd)
     return R
 
 
@@ -140,7 +165,8 @@ def _half(shape, a: int) -> tuple:
     return tuple(slice(0, (n + 1) // 2) if b == a else slice(None) for b, n in enumerate(shape))
 
 
-def encode(x: np.ndarray, E: int) -> tuple[dict, dict[str, bytes], np.ndarray]:
+def encode(x: np.ndarray, E: int, version: int = 2, predictor: str = "auto"
+           ) -> tuple[dict, dict[str, bytes], np.ndarray]:
     """Code the int array ``x`` (3D) with max error ``E``; returns ``(params, sections, reconstruction)``.
 
     A volume that is exactly mirror-symmetric along an axis (``params["mirror"]``) is coded once, its
@@ -150,15 +176,21 @@ def encode(x: np.ndarray, E: int) -> tuple[dict, dict[str, bytes], np.ndarray]:
         raise ValueError("expected a non-empty 3D array")
     a = mirror_axis(x)
     h = np.ascontiguousarray(x[_half(x.shape, a)]) if a >= 0 else x
-    params, sections, R = _encode_ordered(h, E)
+    params, sections, R = _encode_ordered(h, E, version, 1, predictor)
     if E > 0:
         # the other way to the same bound: quantise on a fixed grid first, then code the bin indices
         # losslessly (better where noise is about as large as E: in-loop bins follow the prediction)
         q, lo, hi = 2 * E + 1, int(h.min()), int(h.max())
-        gp, gs, gR = _encode_ordered((h - lo + E) // q, 0)
+        g0 = lo
+        if version >= 2:        # bin centres on the most frequent value (air, background) where no voxel
+            vals, counts = np.unique(h, return_counts=True)     # then comes back below lo
+            g = lo - (lo - int(vals[np.argmax(counts)])) % q
+            if ((lo - g + E) // q) * q + g >= lo:
+                g0 = g
+        gp, gs, gR = _encode_ordered((h - g0 + E) // q, 0, version, q, predictor)
         if _size(gs) < _size(sections):
-            gp["grid"] = [lo, q, hi]
-            params, sections, R = gp, gs, np.minimum(gR * q + lo, hi)
+            gp["grid"] = [g0, q, hi]
+            params, sections, R = gp, gs, np.minimum(gR * q + g0, hi)
     if a < 0:
         return params, sections, R
     params["mirror"] = a
@@ -186,9 +218,22 @@ def _stored_len(b: bytes) -> int:
     return min(len(b), len(zstandard.ZstdCompressor(level=19).compress(b)) + 4)
 
 
-def _encode_ordered(x: np.ndarray, E: int):
+def _encode_ordered(x: np.ndarray, E: int, version: int, unit: int = 1, predictor: str = "auto"):
     """Code ``x`` with its axes permuted (``params["order"]``): the heuristic order, or on small volumes
-    the best of all six."""
+    the best of all six; with ``version >= 2`` the smaller of payload versions 1 and 2 (``params["v"]``:
+    the version-2 predictor pays on noisy flat regions, CT, and loses on smooth MRI). ``predictor``:
+    ``"auto"`` (that choice), ``"interp"`` (version 1 only) or ``"smooth"`` (version 2 only)."""
+    if predictor not in PREDICTORS:
+        raise ValueError(f"unknown predictor {predictor!r}")
+    best = None
+    for v in ((1,) if version < 2 or predictor == "interp" else (2,) if predictor == "smooth" else (1, 2)):
+        cand = _encode_ordered_v(x, E, v, unit)
+        if best is None or _size(cand[1]) < _size(best[1]):
+            best = cand
+    return best
+
+
+def _encode_ordered_v(x: np.ndarray, E: int, version: int, unit: int):
     import itertools
 
     orders = [axis_order(x)]
@@ -196,10 +241,19 @@ def _encode_ordered(x: np.ndarray, E: int):
         orders += [list(o) for o in itertools.permutations(range(3)) if list(o) != orders[0]]
     best = None
     for order in orders:
-        params, sections, R = _encode(np.ascontiguousarray(np.transpose(x, order)), E)
+        params, sections, R = _encode(np.ascontiguousarray(np.transpose(x, order)), E, version, unit)
         size = _size(sections)
         if best is None or size < best[0]:
             best = (size, order, params, sections, R)
+    if version >= 2:        # the other smoothing thresholds, on the best order
+        order = best[1]
+        for cand in range(1, len(TH_CANDIDATES)):
+            if smoothing(E, unit, cand) in [smoothing(E, unit, c) for c in range(cand)]:
+                continue
+            params, sections, R = _encode(np.ascontiguousarray(np.transpose(x, order)), E, version, unit, cand)
+            size = _size(sections)
+            if size < best[0]:
+                best = (size, order, params, sections, R)
     _, order, params, sections, R = best
     if order != [0, 1, 2]:
         params["order"] = order
@@ -216,7 +270,8 @@ def _unmirror(h: np.ndarray, shape, a: int) -> np.ndarray:
     return out
 
 
-def _encode(x: np.ndarray, E: int) -> tuple[dict, dict[str, bytes], np.ndarray]:
+def _encode(x: np.ndarray, E: int, version: int, unit: int = 1, cand: int = 0
+            ) -> tuple[dict, dict[str, bytes], np.ndarray]:
     import constriction
 
     lo, hi = int(x.min()), int(x.max())
@@ -233,7 +288,8 @@ def _encode(x: np.ndarray, E: int) -> tuple[dict, dict[str, bytes], np.ndarray]:
 
     vals, counts = np.unique(x, return_counts=True)
     mode = int(vals[np.argmax(counts)])
-    R = _run_passes(x.shape, E, lo, hi, root, mode, step)
+    smooth = smoothing(E, unit, cand) if version >= 2 else None
+    R = _run_passes(x.shape, E, lo, hi, root, mode, step, smooth)
     # tables
     hist = np.zeros((P.N_CONTEXTS, T.N_TOKENS), dtype=np.int64)
     for c, tok, _, _ in per_pass:
@@ -268,7 +324,9 @@ def _encode(x: np.ndarray, E: int) -> tuple[dict, dict[str, bytes], np.ndarray]:
         nbs.append(nb)
     rc = np.asarray(enc.get_compressed(), dtype="<u4").tobytes()
     rawb = T.pack_bits(np.concatenate(raws), np.concatenate(nbs)) if raws else b""
-    params = {"E": int(E), "lo": lo, "hi": hi, "root": root, "mode": mode}
+    params = {"v": int(version), "E": int(E), "lo": lo, "hi": hi, "root": root, "mode": mode}
+    if smooth is not None:
+        params["th"], params["kd"] = smooth
     return params, {"nl.tab": _tables_bytes(flat), "nl.rc": rc, "nl.raw": rawb}, R
 
 
@@ -341,7 +399,12 @@ def _decode(shape: tuple[int, int, int], params: dict, sections: dict[str, bytes
     mode = int(params["mode"])
     if not lo <= mode <= hi:
         raise ValueError("bad mode")
-    return _run_passes(tuple(shape), E, lo, hi, root, mode, step)
+    smooth = None
+    if "th" in params or "kd" in params:
+        smooth = (int(params["th"]), int(params["kd"]))
+        if not (1 <= smooth[0] <= MAX_TH and 0 <= smooth[1] <= MAX_KD):
+            raise ValueError("bad smoothing parameters")
+    return _run_passes(tuple(shape), E, lo, hi, root, mode, step, smooth)
 
 
 def _take_bits(allbits: np.ndarray, nbits: np.ndarray, state: dict) -> np.ndarray:

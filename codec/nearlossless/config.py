@@ -16,6 +16,7 @@ class NearLosslessConfig:
     max_error: float = 0.0
     seed: int = 0                   # unused (deterministic); kept so that --seed is harmless
     steps: int = 0                  # unused: there is no training
+    predictor: str = "auto"         # "auto": the smaller of "interp" (payload v1) and "smooth" (payload v2)
 
 
 PRESETS = {

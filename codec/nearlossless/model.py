@@ -11,7 +11,8 @@ import numpy as np
 from ...encoded import Encoded, Progress
 from .config import NearLosslessConfig  # noqa: F401  (re-exported)
 
-PAYLOAD_VERSION = 1
+PAYLOAD_VERSION = 2          # 1: interpolation predictor; 2: + edge-preserving smoothing (th, kd)
+READABLE_VERSIONS = (1, 2)
 MAX_INDEX = 1 << 50          # float data: grid indices beyond this cannot be coded exactly
 
 
@@ -36,10 +37,13 @@ class NearLosslessModel:
         E = float(getattr(config, "max_error", 0.0) or 0.0)
         if not math.isfinite(E) or E < 0:
             raise InputError(f"the maximum error must be a finite number >= 0, not {E}")
+        predictor = str(getattr(config, "predictor", "auto") or "auto")
+        if predictor not in coder.PREDICTORS:
+            raise InputError(f"unknown nearlossless predictor {predictor!r}; one of {', '.join(coder.PREDICTORS)}")
         cfg: dict[str, Any] = {"model": self.name, "max_error": E, "v": PAYLOAD_VERSION}
         if x.dtype.kind in "iub":
             xi = x.astype(np.int64)
-            params, sections, R = coder.encode(xi, int(math.floor(E)))
+            params, sections, R = coder.encode(xi, int(math.floor(E)), PAYLOAD_VERSION, predictor)
             rec = R.astype(np.float64)
         elif x.dtype.kind == "f":
             if E == 0:
@@ -47,7 +51,7 @@ class NearLosslessModel:
                                  "error > 0 (--max-error E)")
             if not np.all(np.isfinite(x)):
                 raise InputError("the volume has NaN or infinite voxels; near-lossless coding needs finite values")
-            params, sections, rec = self._fit_float(x, E)
+            params, sections, rec = self._fit_float(x, E, predictor)
         else:
             raise InputError(f"cannot code voxels of type {x.dtype}")
         cfg.update(params)
@@ -69,7 +73,7 @@ class NearLosslessModel:
             progress(1, 1, {})
         return enc
 
-    def _fit_float(self, x: np.ndarray, E: float):
+    def _fit_float(self, x: np.ndarray, E: float, predictor: str = "auto"):
         """Grid indices ``rint(x / step)`` coded losslessly; the step shrinks until the restored float
         values (cast to ``x.dtype``) are within ``E``."""
         from ...errors import InputError
@@ -84,7 +88,7 @@ class NearLosslessModel:
             idx = np.rint(xf / step).astype(np.int64)
             rec = (idx.astype(np.float64) * step).astype(x.dtype).astype(np.float64)
             if np.max(np.abs(rec - xf)) <= E:
-                params, sections, R = coder.encode(idx, 0)
+                params, sections, R = coder.encode(idx, 0, PAYLOAD_VERSION, predictor)
                 params["step"] = step
                 return params, sections, rec
         raise InputError(f"cannot meet the maximum error {E} in {x.dtype} arithmetic")
@@ -96,8 +100,10 @@ class NearLosslessModel:
 
         c = encoded.config
         v = c.get("v")
-        if v != PAYLOAD_VERSION:
+        if v not in READABLE_VERSIONS or isinstance(v, bool):
             raise UnsupportedVersionError(f"nearlossless payload version {v!r} is unknown to this inrv; upgrade")
+        if (v >= 2) != ("th" in c and "kd" in c) or (v < 2 and ("th" in c or "kd" in c)):
+            raise FormatError(f"corrupt nearlossless payload: smoothing parameters do not match version {v}")
         try:
             R = coder.decode(tuple(encoded.shape), c, encoded.sections)
         except MemoryError:

@@ -25,6 +25,11 @@ reconstructed data only: the level group, the local activity ``2|c - b| + |b - a
 ``a``/``d`` exist, else ``2|c - b|``, else 0) in units of ``q``, and the magnitudes of the quantised
 residuals of ``b`` and ``c`` plus ``floor(2 D / (4 axis))``, ``D`` the sum of the residual magnitudes of the
 ``4 axis`` diagonal neighbours (bucketed, see :func:`contexts`).
+
+Payload version 2 (:func:`predict_v2`): the interpolation ``c`` is refined by the mean of ``c`` and those of
+the 18 already decoded neighbours (:func:`neighbour_offsets`) of a *denoised* copy ``D`` that lie within
+``th`` of ``c`` (the median of all 18 where fewer than 4 do: an edge); the activity is their spread. After a
+voxel is decoded, ``D`` keeps ``(kd p + rec) / (kd + 1)`` where the residual was small (:func:`denoised`).
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ N_RES = len(RES_EDGES) + 1
 N_LEVEL_GROUPS = 3
 N_MODE = 4                      # prediction vs the volume's most frequent value: far, mode-1, mode, mode+1
 N_CONTEXTS = N_LEVEL_GROUPS * N_ACT * N_RES * N_MODE
+# version 2 (same number of buckets, so the same context ids and 960 tables; level groups 0 and >= 1 only)
+ACT_EDGES_V2 = np.array([2, 4, 6, 8, 12, 16, 22, 30, 40, 56, 80, 112, 160, 224, 320], dtype=np.int64)
+RES_EDGES_V2 = np.array([1, 3, 6, 12], dtype=np.int64)
+N_LEVEL_GROUPS_V2 = 2
 
 
 @dataclass(frozen=True)
@@ -120,13 +129,16 @@ def predict(R: np.ndarray, M: np.ndarray, p: Pass) -> tuple[np.ndarray, np.ndarr
     return pred, act, nres, idx
 
 
-def contexts(level: int, act: np.ndarray, nres: np.ndarray, q: int, pred: np.ndarray, mode: int) -> np.ndarray:
+def contexts(level: int, act: np.ndarray, nres: np.ndarray, q: int, pred: np.ndarray, mode: int,
+             version: int = 1) -> np.ndarray:
     """Context ids (0 .. N_CONTEXTS-1) from the activity, the neighbour residual magnitudes and where the
     prediction lies against ``mode``, the most frequent value (background, air: a bias that depends on
-    the level, which the residual alone does not show)."""
-    a = np.searchsorted(ACT_EDGES, act // q, side="right")
-    r = np.searchsorted(RES_EDGES, nres, side="right")
-    g = min(level, N_LEVEL_GROUPS - 1)
+    the level, which the residual alone does not show). Version 2 has its own activity scale (edges
+    :data:`ACT_EDGES_V2`, :data:`RES_EDGES_V2`) and two level groups (ids below 640)."""
+    v2 = version >= 2
+    a = np.searchsorted(ACT_EDGES_V2 if v2 else ACT_EDGES, act // q, side="right")
+    r = np.searchsorted(RES_EDGES_V2 if v2 else RES_EDGES, nres, side="right")
+    g = min(level, (N_LEVEL_GROUPS_V2 if v2 else N_LEVEL_GROUPS) - 1)
     d = pred - mode
     f = np.where(np.abs(d) <= 1, d + 2, 0)
     return (((g * N_ACT + a) * N_RES + r) * N_MODE) + f
@@ -139,3 +151,106 @@ def quantise(r: np.ndarray, E: int) -> np.ndarray:
     k = (np.abs(r) + E) // q
     return np.where(r < 0, -k, k)
 
+
+
+# --------------------------------------------------------------------------- payload version 2
+
+#: version 2: offsets (in units of ``s``, per array axis) of the 18 neighbours every target of a pass has
+#: already decoded: axes before the pass axis -1/0/+1, the pass axis -1/+1, axes after it -2/0/+2.
+def neighbour_offsets(axis: int) -> list[tuple[int, int, int]]:
+    import itertools
+
+    rng = [(-1, 0, 1) if e < axis else ((-1, 1) if e == axis else (-2, 0, 2)) for e in range(3)]
+    return list(itertools.product(*rng))
+
+
+N_NEIGH = 18
+EDGE_KEPT = 4                   # version 2: fewer kept neighbours than this: an edge (median)
+SLAB = 1 << 19                  # version 2: targets per slab (memory: ~40 bytes x 18 per target)
+
+
+def _reflect(i: np.ndarray, d: int, n: int) -> np.ndarray:
+    """Index ``i + d`` inside ``0 .. n-1``: out of range -> ``i - d``; still out -> ``i``."""
+    j = i + d
+    j = np.where((j < 0) | (j > n - 1), i - d, j)
+    return np.where((j < 0) | (j > n - 1), i, j)
+
+
+def predict_v2(R: np.ndarray, D: np.ndarray, M: np.ndarray, p: Pass, th: int):
+    """Version 2: the version-1 interpolation ``c`` (:func:`predict`) refined by an edge-preserving mean
+    over the 18 decoded neighbours (:func:`neighbour_offsets`) of the *denoised* array ``D``: the
+    neighbours ``v`` with ``|v - c| < th`` and ``c`` itself, ``p = floor((2 sum + n) / (2 n))`` with ``n`` the
+    number of terms. Activity: ``2 * floor(sum |v - p| / n')`` over the ``n'`` kept neighbours (``n' >= 1``)
+    plus 2 per neighbour left out. Returns ``(p, activity, neighbour residual magnitude, idx)``."""
+    c, _, nres, idx = predict(R, M, p)
+    s, a = p.s, p.axis
+    L = D[::s, ::s, ::s]
+    coords = [np.arange(n) if e < a else (np.arange(1, n, 2) if e == a else np.arange(0, n, 2))
+              for e, n in enumerate(L.shape)]
+    offs = neighbour_offsets(a)
+    ix = {}
+    for e in range(3):
+        for d in {o[e] for o in offs}:
+            ix[(e, d)] = _reflect(coords[e], d, L.shape[e])
+    pr = np.empty_like(c)
+    act = np.empty_like(c)
+    rows = max(1, SLAB // max(1, c[0].size))      # slabs along the first axis bound the memory
+    for r0 in range(0, c.shape[0], rows):
+        sl = slice(r0, r0 + rows)
+        pr[sl], act[sl] = _smooth(L, c[sl], {d: i[sl] for (e, d), i in ix.items() if e == 0}, ix, offs, th)
+    return pr, act, nres, idx
+
+
+def _smooth(L, c, ix0, ix, offs, th):
+    """:func:`predict_v2`'s prediction and activity for one slab of targets (``ix0``: the slab's
+    first-axis indices per offset along it)."""
+    V = _gather(L, [ix0, {d: i for (e, d), i in ix.items() if e == 1}, {d: i for (e, d), i in ix.items() if e == 2}],
+                offs)
+    num = c.copy()
+    den = np.ones_like(c)
+    W = []
+    for v in V:
+        d = v - c
+        np.abs(d, out=d)
+        w = d < th
+        W.append(w)
+        num += v * w
+        den += w
+    pr = (2 * num + den) // (2 * den)
+    dev = np.zeros_like(c)
+    for v, w in zip(V, W):
+        d = v - pr
+        np.abs(d, out=d)
+        d *= w
+        dev += d
+    kept = np.maximum(den - 1, 1)
+    act = 2 * (dev // kept) + 2 * (N_NEIGH + 1 - den)
+    # edges: fewer than EDGE_KEPT neighbours near c (c lies between two levels): the median of the 18
+    # neighbours, floor((v_(9) + v_(10) + 1) / 2) of the sorted values, picks the side of the majority
+    edge = np.nonzero(den - 1 < EDGE_KEPT)
+    if edge[0].size:
+        E = np.sort(np.stack([v[edge] for v in V]), axis=0)
+        pr[edge] = (E[N_NEIGH // 2 - 1] + E[N_NEIGH // 2] + 1) // 2
+    return pr, act
+
+
+def _gather(L: np.ndarray, idx: list[dict], offs) -> list[np.ndarray]:
+    """``L[np.ix_(idx[0][o[0]], idx[1][o[1]], idx[2][o[2]])]`` for every offset ``o`` (the same values),
+    by one ``take`` per axis, the most selective axis first and its result shared between offsets."""
+    frac = [len(next(iter(idx[e].values()))) / max(1, L.shape[e]) for e in range(3)]
+    order = sorted(range(3), key=lambda e: (frac[e], e))
+    first: dict[int, np.ndarray] = {}
+    out = []
+    for o in offs:
+        d = o[order[0]]
+        if d not in first:
+            first[d] = np.take(L, idx[order[0]][d], axis=order[0])
+        v = np.take(first[d], idx[order[1]][o[order[1]]], axis=order[1])
+        out.append(np.take(v, idx[order[2]][o[order[2]]], axis=order[2]))
+    return out
+
+
+def denoised(pr: np.ndarray, rec: np.ndarray, th: int, kd: int) -> np.ndarray:
+    """Version 2: the denoised value kept for a decoded voxel: ``floor((kd p + rec + (kd+1)//2) / (kd+1))``
+    where ``|rec - p| < th``, else ``rec``."""
+    return np.where(np.abs(rec - pr) < th, (kd * pr + rec + (kd + 1) // 2) // (kd + 1), rec)
