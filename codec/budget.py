@@ -98,8 +98,9 @@ class ThreadChoice:
     of them: on the developers' 2-core machine a latent step on 64^3 took 0.25 s with 2 threads when
     the machine was idle, 2-8 s with 2 threads and 0.35-0.45 s with 1 thread when another process
     was running (model-latent.md, "Encode cost"). So the steps try both, keep the faster (median of
-    the last ``keep`` steps of each) and try the other again every ``probe_every`` steps (load
-    changes). ``n = 1`` changes nothing.
+    the last ``keep`` steps of each) and try the other again every ``probe_every`` x (its time / the
+    faster's) steps (load changes; a probe of a much slower count costs more, so it comes rarer).
+    ``n = 1`` changes nothing.
     """
 
     def __init__(self, n: int, probe_every: int = 25, keep: int = 3) -> None:
@@ -133,8 +134,12 @@ class ThreadChoice:
             pick = self.options[1]
         else:
             pick = self.best()
-            if i % self.probe_every == 0:
-                pick = self.options[1] if pick == self.options[0] else self.options[0]
+            med = self._medians()
+            other = self.options[1] if pick == self.options[0] else self.options[0]
+            # the slower the other count was, the rarer its probe (one probe costs ~ratio steps)
+            ratio = med[other] / max(med[pick], 1e-9)
+            if i % max(self.probe_every, int(self.probe_every * ratio)) == 0:
+                pick = other
         self.current = pick
         return pick
 
