@@ -103,6 +103,9 @@ class ThreadChoice:
     ``n = 1`` changes nothing.
     """
 
+    #: steps 0..FIRST_STEPS-1 measure both counts (step 0 allocates and is not measured)
+    FIRST_STEPS = 5
+
     def __init__(self, n: int, probe_every: int = 25, keep: int = 3) -> None:
         self.options = [n, 1] if n > 1 else [n]
         self.probe_every, self.keep = probe_every, keep
@@ -110,31 +113,34 @@ class ThreadChoice:
         self.step = 0
         self.current = self.options[0]
 
-    def _medians(self) -> dict[int, float]:
+    @property
+    def tries_both(self) -> bool:
+        return len(self.options) > 1
+
+    def medians(self) -> dict[int, float]:
+        """Median step seconds of each count measured so far."""
         return {o: sorted(t)[len(t) // 2] for o, t in self.times.items() if t}
 
     def best(self) -> int:
-        med = self._medians()
+        med = self.medians()
         return min(med, key=med.get) if med else self.options[0]
 
     def best_seconds(self) -> float:
         """Median step time of the faster option, once every option has been measured (else 0)."""
-        med = self._medians()
+        med = self.medians()
         return min(med.values()) if len(med) == len(self.options) else 0.0
 
     def choose(self) -> int:
-        """The thread count of the next step (step 0 allocates and is not measured; steps 1-2 use
-        ``n`` threads, 3-4 one thread; then the faster, with a probe of the other now and then)."""
+        """The thread count of the next step (steps 0-2 use ``n`` threads, 3-4 one thread; then the
+        faster, with a probe of the other now and then)."""
         i = self.step
-        if len(self.options) == 1:
+        if not self.tries_both or i < 3:
             pick = self.options[0]
-        elif i < 3:
-            pick = self.options[0]
-        elif i < 5:
+        elif i < self.FIRST_STEPS:
             pick = self.options[1]
         else:
-            pick = self.best()
-            med = self._medians()
+            med = self.medians()
+            pick = min(med, key=med.get)
             other = self.options[1] if pick == self.options[0] else self.options[0]
             # the slower the other count was, the rarer its probe (one probe costs ~ratio steps)
             ratio = med[other] / max(med[pick], 1e-9)
@@ -144,6 +150,7 @@ class ThreadChoice:
         return pick
 
     def record(self, seconds: float) -> None:
+        """The seconds of the step just run (with the count :meth:`choose` gave)."""
         if self.step > 0:
             t = self.times[self.current]
             t.append(seconds)

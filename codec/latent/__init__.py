@@ -58,7 +58,7 @@ _EXPORTS = {
                "coarse_context", "Pass", "pass_plan"),
     "grids": ("level_shapes", "_interp", "up_torch", "_interp_cubic", "up_cubic_torch", "up_numpy"),
     "context": ("_neigh26_torch", "_neigh_torch", "_Gather", "ContextModel", "_auto_ctx_width", "_make_ctx"),
-    "synthesis": ("Synthesis", "FG_CHUNK", "fg_box", "_synth_input", "_row_windows", "rate_rows", "_make_synth",
+    "synthesis": ("Synthesis", "FG_CHUNK", "fg_box", "crop", "_synth_input", "_row_windows", "rate_rows", "_make_synth",
                   "synthesise"),
     "coder": ("_CTX_DTYPE", "_np_context", "_np_affine", "_np_mlp", "_np_mids", "_gather_features",
               "_level_grid", "_flat_inner", "_code_pass", "code_latents", "_code_latents_8", "_code_8"),

@@ -47,7 +47,7 @@ from .grids import level_shapes, up_cubic_torch, up_torch
 from .quantiser import rounded
 from .nets import _arch_shapes, _cached_bits, _choose_weight_steps, _decode_nets, _rate_inputs, pack_nets
 from .rate import rate_bits, total_bits
-from .synthesis import FG_CHUNK, Synthesis, _make_synth, _row_windows, _synth_input, fg_box, synthesise
+from .synthesis import FG_CHUNK, Synthesis, _make_synth, _row_windows, _synth_input, crop, fg_box, synthesise
 
 # the background mask is used where its blocks cover at least this share of the voxels: on mni_t1
 # (77 %) it gains 1.8 dB at 0.5 bpv; on mni_patch64 (7 %) there is little to gain and ~100 B to pay
@@ -127,30 +127,26 @@ class FitState:
         e = (pred - self.x[r0:r1, b0:b1, c0:c1]) ** 2 * self.keep[r0:r1, b0:b1, c0:c1]
         return torch.sum(e) / ((r1 - r0) * self.shape[1] * self.shape[2])
 
+    @property
+    def skipping(self) -> bool:
+        """Whether the synthesis and the distortion skip the background (a mask, and skipping on)."""
+        return self.keep is not None and self.skip_background
+
     def box(self, r0: int, r1: int):
         """The smallest box of columns ``(b0, b1, c0, c1)`` that holds every voxel of rows ``[r0, r1)``
-        outside the background mask, (0, 0, 0, 0) if there is none, or None (no mask, skipping off, or
-        the box is the whole plane). The synthesis and the distortion are computed in it only: the
-        same loss and gradients as the whole rows, where only background (left out of the distortion)
-        is skipped."""
-        if self.keep is None or not self.skip_background:
-            return None
+        outside the background mask (None if there is none; only where :attr:`skipping`). The
+        synthesis and the distortion are computed in it only: the same loss and gradients as the
+        whole rows, where only background (left out of the distortion) is skipped."""
         if self._keep_np is None:
             self._keep_np = self.keep.cpu().numpy()
-        box = fg_box(self._keep_np[r0:r1])
-        if box is None:
-            return (0, 0, 0, 0)
-        return None if box == (0, self.shape[1], 0, self.shape[2]) else box
+        return fg_box(self._keep_np[r0:r1])
 
     def forward(self, qs, rows=None, win=None, box=None) -> torch.Tensor:
         """The synthesis of output ``rows`` (None: all) from latents ``qs`` (row windows ``win``),
         in the columns ``box`` only where given (see :meth:`box`)."""
         r0, r1 = (0, self.shape[0]) if rows is None else (int(rows[0]), int(rows[-1]) + 1)
         f = _synth_input(qs, self.shape, r0, r1, self.cfg.upsample, self.syn.halo, win)
-        if box is not None:
-            h = self.syn.halo
-            f = f[:, :, box[0]:box[1] + 2 * h, box[2]:box[3] + 2 * h]
-        return self.syn(f)
+        return self.syn(f if box is None else crop(f, box, self.syn.halo))
 
     def draw_rows(self):
         """The output rows of this step: a random slab, or None (the whole volume) when it fits."""
@@ -173,7 +169,7 @@ class FitState:
         """Distortion of the synthesis from ``qs`` and rate of ``noisy`` on this step's rows
         (``passes``: see :func:`rate_bits`)."""
         r0, r1 = (0, self.shape[0]) if rows is None else (int(rows[0]), int(rows[-1]) + 1)
-        if self.keep is None or not self.skip_background:
+        if not self.skipping:
             dist = self.sqerr(self.forward(qs, rows, win), r0, r1)
         else:
             # background skipped: the rows in chunks of FG_CHUNK, each synthesised in the box of its
@@ -182,7 +178,7 @@ class FitState:
             for c0 in range(r0, r1, FG_CHUNK):
                 c1 = min(r1, c0 + FG_CHUNK)
                 box = self.box(c0, c1)
-                if box == (0, 0, 0, 0):
+                if box is None:
                     continue
                 pred = self.forward(qs, np.arange(c0, c1), win, box)
                 dist = dist + self.sqerr(pred, c0, c1, box) * ((c1 - c0) / (r1 - r0))
@@ -229,12 +225,9 @@ def _search_inputs(st: FitState, hard, ev: int):
     r0m = (shape[0] - ev) // 2
     ev_rows = np.arange(r0m, r0m + ev) if ev < shape[0] else None
     syn_in = _synth_input(hard, shape, r0m, r0m + ev, cfg.upsample, st.syn.halo)
-    box = st.box(r0m, r0m + ev)
-    if box == (0, 0, 0, 0):
-        box = None
+    box = st.box(r0m, r0m + ev) if st.skipping else None
     if box is not None:         # the foreground's box only (see FitState.box)
-        h = st.syn.halo
-        syn_in = syn_in[:, :, box[0]:box[1] + 2 * h, box[2]:box[3] + 2 * h]
+        syn_in = crop(syn_in, box, st.syn.halo)
     lat_in = _rate_inputs(st.ctx, hard, st.shapes, shape, ev_rows, cfg.max_voxels_per_step) \
         if cfg.ctx_passes == 8 else None
 
@@ -403,7 +396,7 @@ def train(st: FitState, progress: Progress | None = None) -> None:
     tc = ThreadChoice(torch.get_num_threads()) if st.plan is not None and st.dev.type == "cpu" else None
     sched = st.sched = TrainSchedule(steps, cfg.hard_frac, *(st.plan.training(lambda t: _post_seconds(st, t))
                                                              if st.plan else (None, None)),
-                                     min_steps=5 if tc and len(tc.options) > 1 else 2)
+                                     min_steps=ThreadChoice.FIRST_STEPS if tc and tc.tries_both else 2)
     if tc:
         sched.step_time = tc.best_seconds
     hard_from = sched.hard_from
@@ -412,13 +405,12 @@ def train(st: FitState, progress: Progress | None = None) -> None:
     step = 0
     while sched.running(step):
         if tc:
-            if step == 5 and len(tc.options) > 1:
+            if step == ThreadChoice.FIRST_STEPS and tc.tries_both:
                 # the weight-step search's cost was timed before training, with the first count:
                 # timed again with the chosen one (it is part of what training must leave time for)
                 torch.set_num_threads(tc.best())
                 plan_search(st)
             torch.set_num_threads(tc.choose())
-            t_step = time.perf_counter()
         pos = sched.pos(step)           # = step, unless a time budget drives the schedule
         lr_f = 0.5 * (1 + math.cos(math.pi * pos / max(1, steps)))
         boost = lr_boost(sched.expected_steps(step))
@@ -444,7 +436,7 @@ def train(st: FitState, progress: Progress | None = None) -> None:
         opt.step()
         sched.tick()
         if tc:
-            tc.record(time.perf_counter() - t_step)
+            tc.record(sched.durations[-1])
         if progress and (step % 10 == 0 or step == steps - 1):
             info = {"loss": st.loss, "mse": float(dist.detach()), "bpv_est": float(bits.detach()) / st.nvox}
             if st.plan:
@@ -454,8 +446,7 @@ def train(st: FitState, progress: Progress | None = None) -> None:
         step += 1
     if tc:                  # the rest of the fit runs with the faster count too
         torch.set_num_threads(tc.best())
-        st.threads = {"chosen": tc.best(), "step_seconds": {str(k): round(sorted(v)[len(v) // 2], 3)
-                                                            for k, v in tc.times.items() if v}}
+        st.threads = {"chosen": tc.best(), "step_seconds": {str(k): round(v, 3) for k, v in tc.medians().items()}}
     if step != steps:       # a time budget ended training early: the file records the steps done
         st.cfg = dataclasses.replace(st.cfg, steps=step)
     st.train_seconds = time.time() - t_train

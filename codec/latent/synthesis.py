@@ -86,6 +86,12 @@ def fg_box(fg: np.ndarray):
     return int(bs[0]), int(bs[-1]) + 1, int(cs[0]), int(cs[-1]) + 1
 
 
+def crop(f: torch.Tensor, box, halo: int) -> torch.Tensor:
+    """The synthesis input ``f`` (features, rows, b, c, with a halo of ``halo`` on every side) cut to
+    the columns ``box = (b0, b1, c0, c1)`` of the output, halo included."""
+    return f[:, :, box[0]:box[1] + 2 * halo, box[2]:box[3] + 2 * halo]
+
+
 def _synth_input(qs, shape, r0: int, r1: int, upsample: str = "linear", halo: int = Synthesis.HALO,
                  win=None) -> torch.Tensor:
     """Upsampled latents for output rows ``[r0, r1)`` of axis 0 plus a halo of ``halo`` voxels
@@ -171,7 +177,7 @@ def synthesise(ints, deq, cfg: LatentConfig, orig, bgb, bb: int, value_range, de
                     if box is None:
                         continue
                     b0, b1, d0, d1 = box
-                    f = _synth_input(lat, vshape, c0, c1, cfg.upsample, h)[:, :, b0:b1 + 2 * h, d0:d1 + 2 * h]
+                    f = crop(_synth_input(lat, vshape, c0, c1, cfg.upsample, h), box, h)
                     o[c0 - r0:c1 - r0, b0:b1, d0:d1] = syn(f).cpu().numpy()
                 o[bg] = 0.0
             # back to the original range in float64, slab by slab (no volume-sized float64 array)
