@@ -4,6 +4,7 @@
     python benchmarks/budget.py                                  # both volumes, the issue's budgets
     python benchmarks/budget.py --volumes patch64 --budgets 15s,60s --out bench-budget
     python benchmarks/budget.py --volumes mni152 --budgets 4m --lambdas 1e-3,2e-4,4e-5 --presets fast,balanced
+    python benchmarks/budget.py --volumes patch64 --budgets 60s --targets 0.25,0.5,1   # --bpv under a budget
 
 Volumes: ``patch64`` (the 64^3 sample shipped in ``samples/``), ``mni152`` (the MNI ICBM152 2009 T1
 template inside the ``nilearn`` wheel, 197x233x189 uint8: ``pip install nilearn``, the ``bench``
@@ -16,7 +17,10 @@ volume (data range of the original, after restoring the dtype), 3D SSIM and the 
 (``imagecodecs``, 3D, bpp mode, one thread) runs in the same process on the same volume. Per volume and
 budget: BD-rate against SPERR, PSNR at 0.25 and 0.5 bpv (pchip in log-rate, no extrapolation beyond
 1.25x) and the slowest point, i.e. the time-to-quality table of issue 15. ``--presets`` also times
-``inrv encode VOL --preset P`` (the presets' own time caps) at the default rate.
+``inrv encode VOL --preset P`` (the presets' own time caps) at the default rate. ``--targets`` also
+times ``inrv encode VOL --bpv T --time-budget B`` (the lambda search inside the budget) and reports
+how far the rate landed from the target and the PSNR it gave up against the ``--lambda`` points of
+the same budget (their curve at the rate reached).
 
 Outputs in ``--out`` (default ``bench-budget``): ``budget.csv``, ``budget.md`` and ``budget_<volume>.png``.
 On a shared machine, run it alone if you can: the figures are wall times, and the encoder plans its
@@ -50,7 +54,7 @@ BUDGETS = ("15s", "60s", "4m", "15m")
 LAMBDAS = {"patch64": (1e-2, 2.5e-3, 6e-4, 1.5e-4), "mni152": (1e-3, 2e-4, 4e-5)}
 DEFAULT_LAMBDAS = (1e-2, 2.5e-3, 6e-4, 1.5e-4)
 TARGETS = (0.25, 0.5)
-FIELDS = ["volume", "what", "budget_s", "lmbda", "wall_s", "cpu_s", "dec_s", "steps", "bytes", "bpv", "psnr",
+FIELDS = ["volume", "what", "budget_s", "lmbda", "target", "wall_s", "cpu_s", "dec_s", "steps", "bytes", "bpv", "psnr",
           "ssim", "max_abs_err", "note"]
 
 
@@ -75,7 +79,12 @@ def parse_seconds(text: str) -> float:
     return parse_duration(text)
 
 
+INRV_CMD: list[str] = []       # --inrv-cmd: another inrv to time (e.g. an older checkout's)
+
+
 def inrv_cmd() -> list[str]:
+    if INRV_CMD:
+        return list(INRV_CMD)
     exe = os.path.join(os.path.dirname(sys.executable), "inrv")
     return [exe] if os.path.exists(exe) else [sys.executable, "-c", "from inrv.cli.main import main; main()"]
 
@@ -160,6 +169,17 @@ def summarise(rows: list[dict], meta: dict) -> str:
             at = [_q(sr, sq, t) for t in TARGETS]
             out.append(f"| SPERR | 0 % | {at[0]} | {at[1]} | {max(r['wall_s'] for r in sp):.2f} | "
                        f"{len(sp)} points, encode {np.median([r['wall_s'] for r in sp]):.2f} s median |")
+        tr = [r for r in vr if r["what"] == "target"]
+        if tr:
+            out += ["", "| budget | --bpv | bpv reached | PSNR | dB vs the --lambda points at that rate | wall s | steps |",
+                    "|---|---|---|---|---|---|---|"]
+            for r in tr:
+                pts = sorted([p for p in vr if p["what"] == "budget" and p["budget_s"] == r["budget_s"]],
+                             key=lambda p: p["bpv"])
+                ref_q = bdrate.quality_at([p["bpv"] for p in pts], [p["psnr"] for p in pts], r["bpv"])[0] \
+                    if len(pts) >= 2 else math.nan
+                out.append(f"| {r['budget_s']:g} s | {r['target']:g} | {r['bpv']:.3f} ({100 * (r['bpv'] / r['target'] - 1):+.1f} %) | "
+                           f"{r['psnr']:.2f} | {_f(r['psnr'] - ref_q)} | {r['wall_s']:.0f} | {r.get('steps')} |")
         pr = [r for r in rows if r["volume"] == vol and r["what"].startswith("preset")]
         if pr:
             out += ["", "| preset (default rate) | wall s | CPU s | steps | bpv | PSNR | decode s |", "|---|---|---|---|---|---|---|"]
@@ -207,9 +227,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="balanced", help="preset of the budgeted points")
     ap.add_argument("--presets", default="", help="also time these presets at their default rate, e.g. fast,balanced")
     ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the encoder (default: unset)")
+    ap.add_argument("--targets", default="", help="also encode with --bpv T under each budget, e.g. 0.25,0.5,1")
+    ap.add_argument("--no-lambdas", action="store_true", help="no --lambda points (with --targets)")
     ap.add_argument("--no-sperr", action="store_true")
+    ap.add_argument("--inrv-cmd", default="", help="the command that runs inrv (default: this environment's)")
     ap.add_argument("--out", default="bench-budget")
     a = ap.parse_args(argv)
+    if a.inrv_cmd:
+        import shlex
+
+        INRV_CMD[:] = shlex.split(a.inrv_cmd)
     os.makedirs(a.out, exist_ok=True)
     env = dict(os.environ)
     if a.threads:
@@ -228,10 +255,17 @@ def main(argv: list[str] | None = None) -> int:
             rows += sperr_points(name, ref)
         lams = [float(x) for x in a.lambdas.split(",")] if a.lambdas else LAMBDAS.get(name, DEFAULT_LAMBDAS)
         for b in budgets:
-            for lam in lams:
+            for lam in ([] if a.no_lambdas else lams):
                 rows.append(inrv_point(name, path, ref, ["--preset", a.preset, "--lambda", repr(lam),
                                                          "--time-budget", f"{b:g}s"], env, "budget", b, lam))
                 print(name, b, lam, {k: rows[-1].get(k) for k in ("wall_s", "steps", "bpv", "psnr", "note")},
+                      flush=True)
+                _write_csv(rows, csv_path)
+            for t in [float(x) for x in a.targets.split(",") if x]:
+                rows.append(inrv_point(name, path, ref, ["--preset", a.preset, "--bpv", repr(t), "--time-budget",
+                                                         f"{b:g}s"], env, "target", b, None))
+                rows[-1]["target"] = t
+                print(name, b, "bpv", t, {k: rows[-1].get(k) for k in ("wall_s", "steps", "bpv", "psnr", "note")},
                       flush=True)
                 _write_csv(rows, csv_path)
         for p in [p for p in a.presets.split(",") if p]:
