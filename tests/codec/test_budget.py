@@ -95,6 +95,22 @@ def test_budgeted_encode_stays_within_its_budget():
     assert np.allclose(rec, enc.reconstruction)
 
 
+def test_budgeted_target_scouts_once_and_gives_the_final_fit_most_of_the_time():
+    """--bpv under a budget: one or two short scout fits, then the final fit with most of the time (a
+    lambda search split the budget between fits and left the final one a few steps)."""
+    arr = _phantom()
+    budget = 8.0
+    t0 = time.perf_counter()
+    enc = LatentModel().fit(arr, make_config("latent-tiny", target_bpv=1.5, steps=10 ** 6, time_budget=budget),
+                            device="cpu")
+    wall = time.perf_counter() - t0
+    assert wall < 1.5 * budget + 2.0, enc.stats["phase_seconds"]
+    scouts = enc.stats["search"]
+    assert 1 <= len(scouts) <= 2 and all(s["scout"] for s in scouts)
+    assert enc.stats["steps"] > sum(s["steps"] for s in scouts)
+    assert 0.7 < enc.stats["bpv_total"] / 1.5 < 1.3, (scouts, enc.stats["bpv_total"])
+
+
 def test_strided_weight_step_search_finds_the_cheapest_step_of_a_convex_cost():
     w = np.linspace(-1, 1, 100).astype(np.float32)
     state = {"syn.w": w, "syn.b": np.array([0.3], np.float32)}
