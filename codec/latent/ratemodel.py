@@ -57,19 +57,19 @@ def _haar_bands(x: np.ndarray, levels: int) -> list[np.ndarray]:
 
 
 class RateProxy:
-    """``bpv(lmbda)`` and ``psnr(lmbda)`` of the Haar proxy for one volume, and ``solve`` for the
-    lambda at which a scaled proxy meets a target."""
+    """The Haar proxy of one volume: ``measure(lmbda)`` gives its bits per voxel and PSNR, ``solve``
+    the lambda at which the proxy, at a given level, meets a target."""
 
     def __init__(self, arr: np.ndarray, levels: int = LEVELS):
         vol = np.asarray(arr)
         vol = vol.reshape(vol.shape + (1,) * (3 - vol.ndim))
+        lo, hi = float(vol.min()), float(vol.max())     # the range the fit normalises with
         if vol.size > MAX_VOXELS:
             # evenly spaced slabs of 8 rows (the statistics of the whole, at a bounded cost)
             plane = vol.shape[1] * vol.shape[2]
             n = max(1, MAX_VOXELS // (8 * plane))
             starts = np.linspace(0, max(0, vol.shape[0] - 8), n).astype(int)
             vol = np.concatenate([vol[s:s + 8] for s in starts], 0)
-        lo, hi = float(vol.min()), float(vol.max())
         self.flat = not hi > lo
         x = ((vol.astype(np.float64) - lo) / (hi - lo if hi > lo else 1.0)).astype(np.float32)
         self.n = x.size

@@ -100,11 +100,13 @@ def _budgeted(arr, cfg: LatentConfig, dev, progress, plan, proxy: RateProxy, x: 
     steps to the steps the final fit will reach (``STEPS_RATE`` / ``STEPS_PSNR``); the proxy
     recalibrated on that; and the final fit, with the rest of the budget, where it meets the target.
     Where the scout landed far from the target (more than 30 % in rate or 1.5 dB; the proxy's curve is
-    then a poor guide), a second scout at the corrected lambda, and the final lambda from the secant
-    through the two. The target is met less closely than by a search (model-latent.md)."""
+    then a poor guide) and the time left allows three more such fits, a second scout at the corrected
+    lambda, and the final lambda from the secant through the two. Where the time left would not cover
+    another fit's fixed costs, the scout is the result. The target is met less closely than by a search
+    (model-latent.md)."""
     goal = math.log(target) if by_rate else target
     scouts: list[tuple[float, float, int]] = []         # (log lambda, measure carried to n_f, steps)
-    e = None
+    seen: list[dict] = []
     for k in range(2):
         e = fit_once(arr, dataclasses.replace(cfg, lmbda=math.exp(x)), dev, None, stored_like=cfg,
                      plan=plan.part(SCOUT_SHARE if k == 0 else SCOUT_SHARE / (1 - SCOUT_SHARE)))
@@ -116,10 +118,11 @@ def _budgeted(arr, cfg: LatentConfig, dev, progress, plan, proxy: RateProxy, x: 
         m_f = measure(e) + (math.log((1 + STEPS_RATE / n_f) / (1 + STEPS_RATE / n_s)) if by_rate
                             else STEPS_PSNR * (1.0 / n_s - 1.0 / n_f))
         scouts.append((x, m_f, n_s))
+        seen.append({"lambda": math.exp(x), "bpv": e.stats["bpv_total"], "psnr": e.stats["psnr"], "steps": n_s,
+                     "scout": True, "predicted": math.exp(m_f) if by_rate else m_f})
         if progress:
             plan.report(progress, {"loss": e.stats["final_loss"], "lambda": math.exp(x), "bpv": e.stats["bpv_total"],
                                    "psnr": e.stats["psnr"]})
-        e.reconstruction = None
         if k == 1 and scouts[0][1] != m_f and scouts[0][0] != x:
             x0, m0 = scouts[0][0], scouts[0][1]
             nxt = x + (goal - m_f) * (x - x0) / (m_f - m0)
@@ -129,10 +132,17 @@ def _budgeted(arr, cfg: LatentConfig, dev, progress, plan, proxy: RateProxy, x: 
             nxt = x if lam is None else math.log(lam)
         near = abs(m_f - goal) < (math.log(1.3) if by_rate else 1.5)
         x = min(x + 3.0, max(x - 3.0, nxt))
-        if near:
+        if plan.left() < 1.5 * other + 3 * t_step:
+            # the budget is too small for another fit's fixed costs (setup, weight-step search, coding: tens
+            # of seconds on a whole brain): the scout is the result, its rate where the proxy put it
+            e.stats["search"] = seen
+            e.stats["scout_kept"] = True
+            return e
+        if near or plan.left() < 3 * sum(ph.values()):
             break
+    e.reconstruction = None
     e = fit_once(arr, dataclasses.replace(cfg, lmbda=math.exp(x)), dev, progress, stored_like=cfg, plan=plan)
-    e.stats["search"] = [{"lambda": math.exp(a), "measure": m, "steps": n, "scout": True} for a, m, n in scouts]
+    e.stats["search"] = seen       # the scouts: measured, and the final fit's measure they predicted
     return e
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -182,28 +183,47 @@ def test_golden_nearlossless_files_decode_bit_exactly():
         assert max_err(reference, decoded) <= f.encoded.config["max_error"]
 
 
-def test_lossless_fallback_is_chosen_where_smaller():
-    from inrv import _never_larger_than_lossless
+def _label_volume():
     from inrv.formats.volume import Geometry, Volume
 
     labels = np.zeros((24, 24, 24), dtype=np.uint8)
     labels[4:14, 6:20, 3:9] = 3
     labels[15:22, 2:10, 10:20] = 7
-    vol = Volume(data=labels, geometry=Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)),
-                 intensity=Intensity(dtype="uint8", slope=1.0, intercept=0.0, units=None, min=0.0, max=7.0),
-                 source={"kind": "array"})
-    # a (fake) neural file of 20 kB: larger than the lossless coding of a label map
-    big = Encoded("latent", {"model": "latent"}, {"latents": np.random.default_rng(0).bytes(20000)}, labels.shape, (0.0, 7.0),
-                  stats={"max_abs_err": 2.0})
-    out = _never_larger_than_lossless(big, vol)
-    assert out.model == "nearlossless" and out.config["fallback"] == "latent" and out.config["E"] == 0
-    assert out.payload_bytes < 2000
-    # a small one is kept
-    small = Encoded("latent", {"model": "latent"}, {"latents": bytes(10)}, labels.shape, (0.0, 7.0))
-    assert _never_larger_than_lossless(small, vol) is small
-    # a near-lossless file is replaced by the lossless one when that is smaller (here: never larger)
-    near = inrv.encode(labels, max_error=1)
-    assert _never_larger_than_lossless(near, vol).payload_bytes <= near.payload_bytes
+    return Volume(data=labels, geometry=Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)),
+                  intensity=Intensity(dtype="uint8", slope=1.0, intercept=0.0, units=None, min=0.0, max=7.0),
+                  source={"kind": "array"})
+
+
+def test_lossless_fallback_is_chosen_where_smaller(tmp_path, monkeypatch):
+    from inrv import _lossless_alternative
+    from inrv.codec.config import make_config
+    from inrv.codec.latent.model import LatentModel
+
+    vol = _label_volume()
+    alt = _lossless_alternative(vol, make_config("latent-tiny"))
+    assert alt.model == "nearlossless" and alt.config["fallback"] == "latent" and alt.config["E"] == 0
+    assert alt.payload_bytes < 2000
+    assert _lossless_alternative(vol, make_config("lossless")) is None            # lossless already
+    float_vol = replace(vol, data=vol.data.astype(np.float32),
+                        intensity=replace(vol.intensity, dtype="float32"))
+    assert _lossless_alternative(float_vol, make_config("latent-tiny")) is None   # no lossless float coder
+    # through compress: a neural file larger than lossless is replaced by the lossless one ...
+    src = tmp_path / "labels.nii.gz"
+    inrv.save(vol, src)
+    s = inrv.compress(src, tmp_path / "a.inrv", "latent-tiny", steps=3, polish_steps=0)
+    f = inrv.read(tmp_path / "a.inrv")
+    assert f.encoded.model == "nearlossless" and f.encoded.config["fallback"] == "latent"
+    assert np.array_equal(inrv.restore(tmp_path / "a.inrv").data, vol.data) and s.file_bytes < 2000
+    # ... a near-lossless one too where lossless is not larger
+    inrv.compress(src, tmp_path / "n.inrv", "lossless", max_error=1)
+    assert (tmp_path / "n.inrv").stat().st_size <= (tmp_path / "a.inrv").stat().st_size
+    # ... and a --bpv target at or above the lossless rate is met by it without training at all
+
+    def no_training(*a, **k):
+        raise AssertionError("trained although the lossless file meets the target")
+    monkeypatch.setattr(LatentModel, "fit", no_training)
+    inrv.compress(src, tmp_path / "b.inrv", "latent-tiny", target_bpv=4.0)
+    assert inrv.read(tmp_path / "b.inrv").encoded.config["fallback"] == "latent"
 
 
 def test_cli_max_error_and_usage_errors(tmp_path):
