@@ -116,8 +116,9 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, config: Any = None,
     # at or above its rate is met by it without training at all
     t1 = time.perf_counter()
     lossless = _lossless_alternative(vol, cfg)
+    lossless_bytes = len(to_bytes(lossless, vol)) if lossless is not None else None
     target = getattr(cfg, "target_bpv", None)
-    if lossless is not None and target is not None and _bpv(lossless, vol) <= float(target):
+    if lossless is not None and target is not None and 8.0 * lossless_bytes / vol.data.size <= float(target):
         enc = lossless
     else:
         if lossless is not None and getattr(cfg, "time_budget", None):
@@ -132,7 +133,7 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, config: Any = None,
         restored = restore_dtype(recon, vol.intensity)
         del recon
         enc.stats.update(quality(vol.data, restored))
-        if lossless is not None and len(to_bytes(lossless, vol)) < len(to_bytes(enc, vol)):
+        if lossless is not None and lossless_bytes < len(to_bytes(enc, vol)):
             enc = lossless          # no option makes a file larger than lossless
     seconds = time.perf_counter() - t0
     enc.stats["encode_seconds"] = seconds
@@ -154,12 +155,6 @@ def _lossless_alternative(vol: Volume, cfg: Any) -> Encoded | None:
     alt.reconstruction = None
     alt.stats.update(quality(vol.data, vol.data))
     return alt
-
-
-def _bpv(enc: Encoded, vol: Volume) -> float:
-    from .formats.inrvfile import to_bytes
-
-    return 8.0 * len(to_bytes(enc, vol)) / vol.data.size
 
 
 def restore(src: str | os.PathLike, *, shape: tuple[int, int, int] | None = None,

@@ -105,7 +105,7 @@ def _budgeted(arr, cfg: LatentConfig, dev, progress, plan, proxy: RateProxy, x: 
     another fit's fixed costs, the scout is the result. The target is met less closely than by a search
     (model-latent.md)."""
     goal = math.log(target) if by_rate else target
-    scouts: list[tuple[float, float, int]] = []         # (log lambda, measure carried to n_f, steps)
+    prev: tuple[float, float] | None = None         # the scout before: (log lambda, measure carried to n_f)
     seen: list[dict] = []
     for k in range(2):
         e = fit_once(arr, dataclasses.replace(cfg, lmbda=math.exp(x)), dev, None, stored_like=cfg,
@@ -117,21 +117,16 @@ def _budgeted(arr, cfg: LatentConfig, dev, progress, plan, proxy: RateProxy, x: 
         n_f = min(float(cfg.steps), max(float(n_s), (plan.left() - other) / t_step if t_step > 0 else n_s))
         m_f = measure(e) + (math.log((1 + STEPS_RATE / n_f) / (1 + STEPS_RATE / n_s)) if by_rate
                             else STEPS_PSNR * (1.0 / n_s - 1.0 / n_f))
-        scouts.append((x, m_f, n_s))
         seen.append({"lambda": math.exp(x), "bpv": e.stats["bpv_total"], "psnr": e.stats["psnr"], "steps": n_s,
                      "scout": True, "predicted": math.exp(m_f) if by_rate else m_f})
         if progress:
             plan.report(progress, {"loss": e.stats["final_loss"], "lambda": math.exp(x), "bpv": e.stats["bpv_total"],
                                    "psnr": e.stats["psnr"]})
-        if k == 1 and scouts[0][1] != m_f and scouts[0][0] != x:
-            x0, m0 = scouts[0][0], scouts[0][1]
-            nxt = x + (goal - m_f) * (x - x0) / (m_f - m0)
-        else:
-            r, p = proxy.measure(math.exp(x))
-            lam = proxy.solve(target, by_rate, rate_level(math.exp(m_f), r) if by_rate else m_f - p)
-            nxt = x if lam is None else math.log(lam)
+        nxt = _next_lambda(proxy, prev, (x, m_f), goal, target, by_rate)
         near = abs(m_f - goal) < (math.log(1.3) if by_rate else 1.5)
-        x = min(x + 3.0, max(x - 3.0, nxt))
+        prev = (x, m_f)
+        if nxt is not None:
+            x = min(x + 3.0, max(x - 3.0, nxt))
         if plan.left() < 1.5 * other + 3 * t_step:
             # the budget is too small for another fit's fixed costs (setup, weight-step search, coding: tens
             # of seconds on a whole brain): the scout is the result, its rate where the proxy put it
@@ -154,14 +149,21 @@ def _next_unbracketed(proxy: RateProxy, tried, goal: float, target: float, by_ra
     from the last fit, in the right direction (1.5 where neither gives a step)."""
     sign = 1.0 if up else -1.0
     x, m = tried[-1][0], tried[-1][1]
-    nxt = None
-    if len(tried) >= 2 and tried[-2][1] != m and tried[-2][0] != x:
-        x0, m0 = tried[-2][0], tried[-2][1]
-        nxt = x + (goal - m) * (x - x0) / (m - m0)
-    else:
-        r, p = proxy.measure(math.exp(x))
-        lam = proxy.solve(target, by_rate, rate_level(math.exp(m), r) if by_rate else m - p)
-        nxt = None if lam is None else math.log(lam)
+    nxt = _next_lambda(proxy, tried[-2][:2] if len(tried) >= 2 else None, (x, m), goal, target, by_rate)
     if nxt is None:
         return x + 1.5 * sign
     return x + sign * min(3.0, max(0.1, (nxt - x) * sign))
+
+
+def _next_lambda(proxy: RateProxy, prev, last: tuple[float, float], goal: float, target: float,
+                 by_rate: bool) -> float | None:
+    """The log-lambda at which the target is expected, from the last fit ``last`` ((log lambda,
+    measure): its log bpv or its PSNR) and the one before, ``prev`` (or None): the secant through
+    the two where they define one, else where the proxy, at the level ``last`` measured, meets the
+    target; None for a constant volume after one fit."""
+    x, m = last
+    if prev is not None and prev[1] != m and prev[0] != x:
+        return x + (goal - m) * (x - prev[0]) / (m - prev[1])
+    r, p = proxy.measure(math.exp(x))
+    lam = proxy.solve(target, by_rate, rate_level(math.exp(m), r) if by_rate else m - p)
+    return None if lam is None else math.log(lam)
