@@ -20,7 +20,9 @@ budget: BD-rate against SPERR, PSNR at 0.25 and 0.5 bpv (pchip in log-rate, no e
 ``inrv encode VOL --preset P`` (the presets' own time caps) at the default rate. ``--targets`` also
 times ``inrv encode VOL --bpv T --time-budget B`` (the lambda search inside the budget) and reports
 how far the rate landed from the target and the PSNR it gave up against the ``--lambda`` points of
-the same budget (their curve at the rate reached).
+the same budget (their curve at the rate reached), which coder the file holds (``inrv encode`` writes
+the near-lossless coder's file where it meets the target better; ``--model-only`` measures the neural
+model alone) and the BD-rate of those points against SPERR.
 
 Outputs in ``--out`` (default ``bench-budget``): ``budget.csv``, ``budget.md`` and ``budget_<volume>.png``.
 On a shared machine, run it alone if you can: the figures are wall times, and the encoder plans its
@@ -117,7 +119,10 @@ def inrv_point(name: str, path: str, ref: np.ndarray, extra: list[str], env: dic
             row["note"] = f"encode failed: {cp.stderr.strip()[-300:]}"
             return row
         row.update(wall_s=wall, cpu_s=cpu, bytes=os.path.getsize(enc))
-        row["steps"] = inrv.read(enc).encoded.config.get("steps")
+        f = inrv.read(enc).encoded
+        row["steps"] = f.config.get("steps")
+        # the coder the file holds: compress may write the near-lossless coder's file for a --bpv target
+        row["model"] = f.model + (f" E={f.config.get('max_error'):g}" if f.model == "nearlossless" else "")
         dwall, _, cp = run_timed(inrv_cmd() + ["decode", enc, "-o", dec, "-q"], env)
         if cp.returncode != 0:
             row["note"] = f"decode failed: {cp.stderr.strip()[-300:]}"
@@ -171,15 +176,21 @@ def summarise(rows: list[dict], meta: dict) -> str:
                        f"{len(sp)} points, encode {np.median([r['wall_s'] for r in sp]):.2f} s median |")
         tr = [r for r in vr if r["what"] == "target"]
         if tr:
-            out += ["", "| budget | --bpv | bpv reached | PSNR | dB vs the --lambda points at that rate | wall s | steps |",
-                    "|---|---|---|---|---|---|---|"]
+            out += ["", "| budget | --bpv | file | bpv reached | PSNR | dB vs the --lambda points at that rate | wall s | steps |",
+                    "|---|---|---|---|---|---|---|---|"]
             for r in tr:
                 pts = sorted([p for p in vr if p["what"] == "budget" and p["budget_s"] == r["budget_s"]],
                              key=lambda p: p["bpv"])
                 ref_q = bdrate.quality_at([p["bpv"] for p in pts], [p["psnr"] for p in pts], r["bpv"])[0] \
                     if len(pts) >= 2 else math.nan
-                out.append(f"| {r['budget_s']:g} s | {r['target']:g} | {r['bpv']:.3f} ({100 * (r['bpv'] / r['target'] - 1):+.1f} %) | "
+                out.append(f"| {r['budget_s']:g} s | {r['target']:g} | {r.get('model', '–')} | {r['bpv']:.3f} ({100 * (r['bpv'] / r['target'] - 1):+.1f} %) | "
                            f"{r['psnr']:.2f} | {_f(r['psnr'] - ref_q)} | {r['wall_s']:.0f} | {r.get('steps')} |")
+            for b in dict.fromkeys(r["budget_s"] for r in tr):
+                pts = sorted([r for r in tr if r["budget_s"] == b], key=lambda r: r["bpv"])
+                if len(pts) >= 2 and sp:
+                    bd = bdrate.bd_rate(sr, sq, [r["bpv"] for r in pts], [r["psnr"] for r in pts])
+                    out.append(f"\n`--bpv` points at {b:g} s, BD-rate vs SPERR: {_f(bd, 1)} %"
+                               f" (slowest {max(r['wall_s'] for r in pts):.0f} s)")
         pr = [r for r in rows if r["volume"] == vol and r["what"].startswith("preset")]
         if pr:
             out += ["", "| preset (default rate) | wall s | CPU s | steps | bpv | PSNR | decode s |", "|---|---|---|---|---|---|---|"]
@@ -229,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the encoder (default: unset)")
     ap.add_argument("--targets", default="", help="also encode with --bpv T under each budget, e.g. 0.25,0.5,1")
     ap.add_argument("--no-lambdas", action="store_true", help="no --lambda points (with --targets)")
+    ap.add_argument("--model-only", action="store_true",
+                    help="pass --model-only to the --targets points (the neural file, never the near-lossless one)")
     ap.add_argument("--no-sperr", action="store_true")
     ap.add_argument("--inrv-cmd", default="", help="the command that runs inrv (default: this environment's)")
     ap.add_argument("--out", default="bench-budget")
@@ -263,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                 _write_csv(rows, csv_path)
             for t in [float(x) for x in a.targets.split(",") if x]:
                 rows.append(inrv_point(name, path, ref, ["--preset", a.preset, "--bpv", repr(t), "--time-budget",
-                                                         f"{b:g}s"], env, "target", b, None))
+                                                         f"{b:g}s"] + (["--model-only"] if a.model_only else []),
+                                       env, "target", b, None))
                 rows[-1]["target"] = t
                 print(name, b, "bpv", t, {k: rows[-1].get(k) for k in ("wall_s", "steps", "bpv", "psnr", "note")},
                       flush=True)

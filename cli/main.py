@@ -163,6 +163,9 @@ def _source_kind(info: dict[str, Any]) -> str | None:
               help="For a DICOM folder holding several series: the one to encode, by its index in "
                    "`inrv info FOLDER` or its SeriesInstanceUID.")
 @encoding_options
+@click.option("--model-only", is_flag=True,
+              help="With --bpv/--psnr: write the chosen model's file even where the near-lossless coder "
+                   "meets the target better (a file larger than lossless is still never written).")
 @preview_option
 @force_option
 @json_option
@@ -170,7 +173,7 @@ def _source_kind(info: dict[str, Any]) -> str | None:
 @verbosity_options
 def encode(src: Path, output: Path | None, device: str | None, force: bool, as_json: bool,
            progress: bool | None, keep_private: bool, series: str | None = None, preview: Path | None = None,
-           **opts: Any) -> None:
+           model_only: bool = False, **opts: Any) -> None:
     """Compress a volume IN (NIfTI, NRRD, MHA file or DICOM series folder) into an .inrv file.
 
     Prints a progress bar while training and a one-line summary (size, bits per voxel, PSNR, SSIM,
@@ -199,7 +202,7 @@ def encode(src: Path, output: Path | None, device: str | None, force: bool, as_j
     log(f"inrv: config {config}", 2)
     with make_progress(src.name, progress_enabled(progress)) as bar:
         summary = inrv.compress(src, dst, config, device=device, progress=bar, force=force,
-                                keep_private=keep_private, series=series)
+                                keep_private=keep_private, series=series, best_coder=not model_only)
     if preview is not None:
         write_preview(src, dst, preview, force=force, device=device, series=series)
     if as_json:

@@ -45,7 +45,19 @@ def encode_summary_line(src: Any, dst: Any, summary: Any) -> str:
     return (f"{src} -> {dst}: {human_bytes(summary.file_bytes)}, {_num(summary.bpv, '.3f')} bpv, "
             f"PSNR {_num(summary.psnr, '.2f', ' dB')}, SSIM {_num(summary.ssim, '.4f')}, "
             + (f"max|err| {_num(summary.max_abs_err, '.6g')}, " if summary.max_abs_err is not None else "")
-            + f"{_num(secs, '.1f', ' s')}")
+            + f"{_num(secs, '.1f', ' s')}" + _stored_instead(summary))
+
+
+def _stored_instead(summary: Any) -> str:
+    """``; stored nearlossless (max error 2) instead of latent`` where compress chose another coder."""
+    cfg = (getattr(summary, "details", None) or {}).get("config") or {}
+    asked = cfg.get("fallback")
+    if not isinstance(asked, str):
+        return ""
+    bound = cfg.get("max_error")
+    what = "lossless" if bound in (0, 0.0) else f"near-lossless (max error {_num(bound, '.6g')})"
+    return f"; stored {what} instead of {asked}"
+
 
 
 def decode_summary_line(src: Any, dst: Any, shape: Any, dtype: Any, seconds: float) -> str:

@@ -101,12 +101,17 @@ def info(path: str | os.PathLike) -> Summary:
 
 def compress(src: str | os.PathLike, dst: str | os.PathLike, config: Any = None, *, device: str | None = None,
              progress: Progress | None = None, force: bool = False, keep_private: bool = False,
-             series: str | int | None = None, **overrides: Any) -> Summary:
-    """Encode a volume file into an ``.inrv`` file; returns its :class:`Summary` (``seconds``: load + fit)."""
-    from .codec.metrics import quality
+             series: str | int | None = None, best_coder: bool = True, **overrides: Any) -> Summary:
+    """Encode a volume file into an ``.inrv`` file; returns its :class:`Summary` (``seconds``: load + fit).
+
+    Two rules choose the file written (both recorded as ``fallback: <family asked for>`` in its config):
+    a file is never larger than the lossless encoding of integer voxels, and with a ``target_bpv`` /
+    ``target_psnr`` the near-lossless coder is tried at the bound that meets the target and written
+    where it is better there (``best_coder=False``: keep the model asked for; the first rule still
+    applies). Where it beats what the rate model expects of the neural fit by a wide margin, the
+    neural fit is not run at all (docs/cli.md, "The best coder for a target")."""
     from .formats.atomic import check_writable
     from .formats.inrvfile import inrv_info, to_bytes, write_inrv
-    from .formats.io import restore_dtype
 
     check_writable(dst, force)  # fail before training, not after
     t0 = time.perf_counter()
@@ -118,27 +123,94 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, config: Any = None,
     lossless = _lossless_alternative(vol, cfg)
     lossless_bytes = len(to_bytes(lossless, vol)) if lossless is not None else None
     target = getattr(cfg, "target_bpv", None)
+    target_psnr = getattr(cfg, "target_psnr", None)
+    # a --bpv search measures the real file (the container's header is ~20 % of a tiny file)
+    sized = _file_bytes_of(vol) if target is not None or target_psnr is not None else None
     if lossless is not None and target is not None and 8.0 * lossless_bytes / vol.data.size <= float(target):
         enc = lossless
     else:
-        if lossless is not None and getattr(cfg, "time_budget", None):
-            spent = time.perf_counter() - t1
-            cfg = replace(cfg, time_budget=max(0.25 * cfg.time_budget, cfg.time_budget - spent))
-        # a --bpv search measures the real file (the container's header is ~20 % of a tiny file)
-        sized = _file_bytes_of(vol) if target is not None else None
-        enc = encode(vol, cfg, device=device, progress=progress, file_bytes=sized)
-        # the model decoded itself while fitting: reuse that reconstruction rather than decoding again
-        recon = enc.reconstruction if enc.reconstruction is not None else decode(enc, device=device)
-        enc.reconstruction = None
-        restored = restore_dtype(recon, vol.intensity)
-        del recon
-        enc.stats.update(quality(vol.data, restored))
+        rival = skip = None
+        if best_coder and sized is not None and getattr(cfg, "model", None) != "nearlossless":
+            rival, skip = _near_lossless_rival(vol, cfg, sized, lossless_bytes, t1)
+        if skip:
+            enc = rival
+        else:
+            if getattr(cfg, "time_budget", None):
+                spent = time.perf_counter() - t1
+                cfg = replace(cfg, time_budget=max(0.25 * cfg.time_budget, cfg.time_budget - spent))
+            enc = _fitted(vol, cfg, device=device, progress=progress, file_bytes=sized)
+            if rival is not None and (rival.stats["psnr"] >= enc.stats["psnr"] if target is not None
+                                      else sized(rival) <= sized(enc)):
+                enc = rival
         if lossless is not None and lossless_bytes < len(to_bytes(enc, vol)):
             enc = lossless          # no option makes a file larger than lossless
     seconds = time.perf_counter() - t0
     enc.stats["encode_seconds"] = seconds
     write_inrv(dst, enc, vol, force=force)
     return Summary.from_info(inrv_info(dst), seconds=seconds)
+
+
+def _fitted(vol: Volume, cfg: Any, **kw: Any) -> Encoded:
+    """:func:`encode`, with the quality of the restored voxels in its stats."""
+    from .codec.metrics import quality
+    from .formats.io import restore_dtype
+
+    enc = encode(vol, cfg, **kw)
+    # the model decoded itself while fitting: reuse that reconstruction rather than decoding again
+    recon = enc.reconstruction if enc.reconstruction is not None else decode(enc, device=kw.get("device"))
+    enc.reconstruction = None
+    restored = restore_dtype(recon, vol.intensity)
+    del recon
+    enc.stats.update(quality(vol.data, restored))
+    return enc
+
+
+# the near-lossless coder against the neural fit, for a target: it replaces the fit without running it
+# where it beats what the rate model expects of the fit by this much (measured fits land within 2 dB
+# of it; docs/cli.md), and the search for its bound stops where it cannot come within the second margin
+RIVAL_SKIP_DB, RIVAL_HOPELESS_DB = 2.5, 4.0
+RIVAL_SKIP_RATE, RIVAL_HOPELESS_RATE = 0.65, 1.5
+RIVAL_BUDGET_SHARE = 0.3        # of a time budget, at most, for the search of the bound
+HEADER_SLACK = 32               # bytes
+
+
+def _near_lossless_rival(vol: Volume, cfg: Any, sized: Callable[[Encoded], int], lossless_bytes: int | None,
+                         t1: float) -> tuple[Encoded | None, bool]:
+    """The near-lossless file that meets ``cfg``'s target (None where none does or it cannot compete),
+    and whether it is so far ahead of the rate model's expectation of a neural fit that the fit is not
+    worth running."""
+    from .codec.latent.ratemodel import predict
+    from .codec.nearlossless.target import encode_to_target
+
+    n = vol.data.size
+    bpv, psnr = getattr(cfg, "target_bpv", None), getattr(cfg, "target_psnr", None)
+    expected = predict(vol.data, bpv=bpv, psnr=psnr)
+    if expected is None:
+        return None, False
+    if bpv is not None:
+        hopeless = lambda t: t.psnr < expected - RIVAL_HOPELESS_DB      # noqa: E731
+        ahead = lambda t: t.psnr >= expected + RIVAL_SKIP_DB            # noqa: E731
+    else:
+        hopeless = lambda t: t.bpv > expected * RIVAL_HOPELESS_RATE     # noqa: E731
+        ahead = lambda t: t.bpv <= expected * RIVAL_SKIP_RATE           # noqa: E731
+    budget = getattr(cfg, "time_budget", None)
+    # a share of a time budget; most of it once a file so far ahead that the fit will not run is found
+    deadline = (lambda ok: t1 + (0.9 if ok is not None and ahead(ok) else RIVAL_BUDGET_SHARE) * budget
+                ) if budget else None
+    # the header of the file written holds the final metrics, which compress to a few bytes more or less
+    # than ``sized`` counts: a margin keeps a --bpv target a bound
+    best, _ = encode_to_target(vol.data, bpv=bpv, psnr=psnr, file_bytes=lambda e: sized(e) + HEADER_SLACK,
+                               hopeless=hopeless, deadline=deadline,
+                               lossless_bpv=8.0 * lossless_bytes / n if lossless_bytes else None)
+    if best is None:
+        return None, False
+    rival = best.enc
+    rival.config["fallback"] = getattr(cfg, "model", None)
+    from .codec.metrics import quality
+    from .formats.io import restore_dtype
+
+    rival.stats.update(quality(vol.data, restore_dtype(decode(rival), vol.intensity)))
+    return rival, ahead(best)
 
 
 def _lossless_alternative(vol: Volume, cfg: Any) -> Encoded | None:

@@ -122,3 +122,16 @@ class RateProxy:
 def rate_level(bpv: float, proxy_bpv: float) -> float:
     """The level (``RateProxy.solve``) at which the proxy's ``proxy_bpv`` predicts ``bpv``."""
     return bpv / max(proxy_bpv, 1e-12) ** RATE_POWER
+
+
+def predict(arr: np.ndarray, *, bpv: float | None = None, psnr: float | None = None) -> float | None:
+    """What the rate model expects of a latent fit before any fit: its PSNR at ``bpv`` bits per voxel,
+    or its bits per voxel at ``psnr`` dB (the typical level, :data:`RATE_FACTOR` and
+    :data:`PSNR_OFFSET`; measured fits land 2 dB either side). None for a constant volume.
+    :func:`inrv.compress` weighs the near-lossless coder against it."""
+    proxy = RateProxy(arr)
+    if bpv is not None:
+        lmbda = proxy.solve(float(bpv), True, RATE_FACTOR)
+        return None if lmbda is None else proxy.measure(lmbda)[1] + PSNR_OFFSET
+    lmbda = proxy.solve(float(psnr), False, PSNR_OFFSET)
+    return None if lmbda is None else RATE_FACTOR * proxy.measure(lmbda)[0] ** RATE_POWER
