@@ -316,14 +316,20 @@ def markdown(rows: list[Row], volumes: dict[str, dict], meta: dict[str, str], pl
             ar, aq = [p.bpv for p in a], [p.psnr for p in a]
             lines += ["### inrv points (measured, and SPERR at the same rate / quality)", "",
                       "| inrv point | bytes | bpv | PSNR | PSNR fg | SSIM | max err | SPERR PSNR at this bpv | "
-                      "SPERR bpv at this PSNR |", "|---|---|---|---|---|---|---|---|---|"]
+                      "SPERR bpv at this PSNR | dominated by |", "|---|---|---|---|---|---|---|---|---|---|"]
+            others = [p for p in vrows if p.kind != "inrv" and p.bytes is not None]
+            n_dom = 0
             for r in inrv_rows:
                 sp, ex = bdrate.quality_at(ar, aq, r.bpv) if a else (math.nan, False)
                 sr = bdrate.rate_at(ar, aq, r.psnr) if a else math.nan
+                dom = dominating(r, others)
+                n_dom += dom is not None
+                by = "–" if dom is None else f"{dom.label} ({dom.bpv:.3f} bpv, {_fmt(dom.psnr)} dB)"
                 lines.append(f"| {r.label} ({r.param}; {r.note}) | {r.bytes:,} | {r.bpv:.3f} | {_fmt(r.psnr)} | "
                              f"{_fmt(r.psnr_fg)} | {_fmt(r.ssim, nd=4)} | {_fmt(r.max_abs_err, nd=0)} | "
-                             f"{_fmt(sp, ex)} | {_fmt(sr, nd=3)} |")
-            lines.append("")
+                             f"{_fmt(sp, ex)} | {_fmt(sr, nd=3)} | {by} |")
+            lines += ["", f"inrv points dominated by another codec's point (no more bits and no lower PSNR, one of "
+                          f"them strictly): {n_dom} of {len(inrv_rows)}.", ""]
         lossless = {k: v for k, v in cs.items() if v[0].kind == "lossless"}
         if lossless:
             lines += ["### Lossless references", "", "| codec | bpv | bytes | encode s | decode s |",
@@ -350,6 +356,13 @@ def markdown(rows: list[Row], volumes: dict[str, dict], meta: dict[str, str], pl
         for p in plots.get(vname, []):
             lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})", ""]
     return "\n".join(lines)
+
+
+def dominating(r: Row, others: list[Row]) -> Row | None:
+    """The smallest of ``others`` that dominates ``r``: at most its bits per voxel and at least its PSNR,
+    one of the two strictly (a lossless point, PSNR inf, dominates every lossy point at or above its rate)."""
+    dom = [p for p in others if p.bpv <= r.bpv and p.psnr >= r.psnr and (p.bpv < r.bpv or p.psnr > r.psnr)]
+    return min(dom, key=lambda p: (p.bpv, -p.psnr)) if dom else None
 
 
 def _si(v: float) -> str:
@@ -522,7 +535,8 @@ def main(argv: list[str] | None = None) -> int:
         for preset, ov in inrv_points:
             t0 = time.perf_counter()
             try:
-                row = run_inrv_point(src, ref, name, preset, ov, None if device == "auto" else device,
+                row = run_inrv_point(volumes_by_name.resolve(src), ref, name, preset, ov,
+                                     None if device == "auto" else device,
                                      not args.no_ssim)
             except (ImportError, ModuleNotFoundError) as e:
                 rows.append(Row(name, _curve_id(preset, ov), f"inrv {preset}", "inrv", "",

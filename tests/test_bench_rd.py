@@ -169,6 +169,17 @@ def test_rd_quick_end_to_end(tmp_path):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_dominating_point():
+    def row(codec, kind, bpv, psnr):
+        return rd.Row("v", codec, codec, kind, "", bytes=100, bpv=bpv, psnr=psnr)
+    r = row("inrv", "inrv", 0.30, 40.0)
+    assert rd.dominating(r, [row("a", "3D", 0.31, 45.0), row("b", "3D", 0.29, 39.0)]) is None
+    assert rd.dominating(r, [row("a", "3D", 0.30, 40.0)]) is None            # equal is not dominated
+    d = rd.dominating(r, [row("a", "3D", 0.30, 41.0), row("b", "bounded", 0.25, 40.5), row("ll", "lossless", 0.5, math.inf)])
+    assert d.codec == "b"
+    assert rd.dominating(row("inrv", "inrv", 0.6, 48.0), [row("ll", "lossless", 0.5, math.inf)]).codec == "ll"
+
+
 def test_rd_rejects_unknown_codec(tmp_path):
     p = subprocess.run([sys.executable, str(BENCH / "rd.py"), "x.nii.gz", "--codecs", "nope", "--out",
                         str(tmp_path)], capture_output=True, text=True)

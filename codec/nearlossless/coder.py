@@ -43,6 +43,7 @@ def count_value(code: np.ndarray) -> np.ndarray:
     return np.where(k < 16, k, (16 + m) << e)
 RES_CAP = 1 << 20
 PREDICTORS = ("auto", "interp", "smooth")     # encoder choice: both versions, version 1, version 2
+BINNINGS = ("auto", "loop", "grid")             # E > 0: the smaller of the two, in-loop bins, a fixed grid
 MAX_TH = 1 << 40                # version 2: smoothing threshold and weight limits
 MAX_KD = 64
 #: version 2 encoder: the smoothing thresholds tried, ``a + b * q`` stored units (``q = 2E + 1``: the
@@ -165,19 +166,29 @@ def _half(shape, a: int) -> tuple:
     return tuple(slice(0, (n + 1) // 2) if b == a else slice(None) for b, n in enumerate(shape))
 
 
-def encode(x: np.ndarray, E: int, version: int = 2, predictor: str = "auto"
+def encode(x: np.ndarray, E: int, version: int = 2, predictor: str = "auto", binning: str = "auto"
            ) -> tuple[dict, dict[str, bytes], np.ndarray]:
     """Code the int array ``x`` (3D) with max error ``E``; returns ``(params, sections, reconstruction)``.
+
+    ``E > 0`` has two ways to the bound (``binning``): residuals quantised in the prediction loop
+    (``"loop"``), or the voxels quantised on a fixed grid first and the bin indices coded losslessly
+    (``"grid"``, ``params["grid"]``); ``"auto"`` keeps the smaller. In-loop bins let a flat level drift by
+    up to ``E`` (a zero background comes back as 1 or 2 over wide areas); the grid keeps the most frequent
+    value exact, for a larger file on smooth volumes.
 
     A volume that is exactly mirror-symmetric along an axis (``params["mirror"]``) is coded once, its
     first half (``ceil(n/2)`` planes), and mirrored back on decode."""
     x = np.ascontiguousarray(x, dtype=np.int64)
     if x.ndim != 3 or x.size == 0:
         raise ValueError("expected a non-empty 3D array")
+    if binning not in BINNINGS:
+        raise ValueError(f"unknown binning {binning!r}")
     a = mirror_axis(x)
     h = np.ascontiguousarray(x[_half(x.shape, a)]) if a >= 0 else x
-    params, sections, R = _encode_ordered(h, E, version, 1, predictor)
-    if E > 0:
+    params = sections = R = None
+    if E == 0 or binning != "grid":
+        params, sections, R = _encode_ordered(h, E, version, 1, predictor)
+    if E > 0 and binning != "loop":
         # the other way to the same bound: quantise on a fixed grid first, then code the bin indices
         # losslessly (better where noise is about as large as E: in-loop bins follow the prediction)
         q, lo, hi = 2 * E + 1, int(h.min()), int(h.max())
@@ -188,7 +199,7 @@ def encode(x: np.ndarray, E: int, version: int = 2, predictor: str = "auto"
             if ((lo - g + E) // q) * q + g >= lo:
                 g0 = g
         gp, gs, gR = _encode_ordered((h - g0 + E) // q, 0, version, q, predictor)
-        if _size(gs) < _size(sections):
+        if sections is None or _size(gs) < _size(sections):
             gp["grid"] = [g0, q, hi]
             params, sections, R = gp, gs, np.minimum(gR * q + g0, hi)
     if a < 0:

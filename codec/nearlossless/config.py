@@ -17,6 +17,8 @@ class NearLosslessConfig:
     seed: int = 0                   # unused (deterministic); kept so that --seed is harmless
     steps: int = 0                  # unused: there is no training
     predictor: str = "auto"         # "auto": the smaller of "interp" (payload v1) and "smooth" (payload v2)
+    binning: str = "auto"           # E > 0: "auto" (the smaller), "loop" (in-loop bins) or "grid" (a fixed grid
+                                    # that keeps the most frequent value, e.g. a zero background, exact)
 
 
 PRESETS = {

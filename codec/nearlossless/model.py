@@ -40,10 +40,13 @@ class NearLosslessModel:
         predictor = str(getattr(config, "predictor", "auto") or "auto")
         if predictor not in coder.PREDICTORS:
             raise InputError(f"unknown nearlossless predictor {predictor!r}; one of {', '.join(coder.PREDICTORS)}")
+        binning = str(getattr(config, "binning", "auto") or "auto")
+        if binning not in coder.BINNINGS:
+            raise InputError(f"unknown nearlossless binning {binning!r}; one of {', '.join(coder.BINNINGS)}")
         cfg: dict[str, Any] = {"model": self.name, "max_error": E, "v": PAYLOAD_VERSION}
         if x.dtype.kind in "iub":
             xi = x.astype(np.int64)
-            params, sections, R = coder.encode(xi, int(math.floor(E)), PAYLOAD_VERSION, predictor)
+            params, sections, R = coder.encode(xi, int(math.floor(E)), PAYLOAD_VERSION, predictor, binning)
             rec = R.astype(np.float64)
         elif x.dtype.kind == "f":
             if E == 0:

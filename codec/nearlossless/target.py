@@ -45,17 +45,18 @@ def _psnr(x: np.ndarray, rec: np.ndarray, rng: float) -> float:
 
 def encode_to_target(x: np.ndarray, *, bpv: float | None = None, psnr: float | None = None,
                      file_bytes: Callable[[Encoded], int] | None = None, lossless_bpv: float | None = None,
-                     deadline: float | Callable[[Trial | None], float] | None = None, hopeless: Callable[[Trial], bool] | None = None
-                     ) -> tuple[Trial | None, list[Trial]]:
+                     deadline: float | Callable[[Trial], float] | None = None, hopeless: Callable[[Trial], bool] | None = None,
+                     binning: str = "auto", first_bound: float | None = None) -> tuple[Trial | None, list[Trial]]:
     """The near-lossless encoding of ``x`` that best meets one target: for ``bpv``, the smallest bound
     whose file (``file_bytes``; default: the sections) is at most ``bpv`` bits per voxel; for ``psnr``,
     the largest bound whose PSNR (peak = the data range of ``x``) is at least ``psnr``. Returns
     ``(best, trials)``: ``best`` is None where no bound > 0 meets the target (or ``deadline``, a
-    ``time.perf_counter()`` value or a function of the best trial so far that gives one, came before
-    one did); ``trials`` lists every encode, in order.
+    ``time.perf_counter()`` value or a function of the latest trial that gives one, came before one
+    did); ``trials`` lists every encode, in order.
     ``lossless_bpv`` (the rate at E = 0, where known) places the first bound. ``hopeless``: called with
     the trial that missed the target nearest to it (no bound meets the target better than that trial's
-    PSNR, for ``bpv``, or its rate, for ``psnr``); where it says True the search stops there."""
+    PSNR, for ``bpv``, or its rate, for ``psnr``); where it says True the search stops there.
+    ``binning``: the coder's (``NearLosslessConfig.binning``); ``first_bound``: the bound to try first."""
     from .model import NearLosslessModel
 
     if (bpv is None) == (psnr is None):
@@ -81,7 +82,9 @@ def encode_to_target(x: np.ndarray, *, bpv: float | None = None, psnr: float | N
     def width(E: float) -> float:
         return 2.0 * E + 1.0 if is_int else 2.0 * E
 
-    if bpv is not None:
+    if first_bound is not None:
+        u0 = math.log(width(first_bound))
+    elif bpv is not None:
         # lossless rate x width^slope = bpv
         u0 = (math.log(lossless_bpv / bpv) / -RATE_SLOPE if lossless_bpv and lossless_bpv > bpv
               else math.log(width(1.0 if is_int else rng / 256.0)))
@@ -105,7 +108,7 @@ def encode_to_target(x: np.ndarray, *, bpv: float | None = None, psnr: float | N
         if E in seen:
             return seen[E]
         t0 = time.perf_counter()
-        enc = model.fit(x, NearLosslessConfig(max_error=E, predictor=predictor))
+        enc = model.fit(x, NearLosslessConfig(max_error=E, predictor=predictor, binning=binning))
         rec = enc.reconstruction
         t = Trial(E, 8.0 * size(enc) / x.size, _psnr(x, rec, rng), time.perf_counter() - t0, enc)
         enc.reconstruction = None
@@ -121,8 +124,10 @@ def encode_to_target(x: np.ndarray, *, bpv: float | None = None, psnr: float | N
     u = u0
     for _ in range(MAX_ENCODES):
         if deadline is not None and trials:
-            end = deadline(ok) if callable(deadline) else deadline
-            if time.perf_counter() + trials[-1].seconds > end:
+            end = deadline(trials[-1]) if callable(deadline) else deadline
+            # the next encode takes about as long as the last, half as long after the first (which
+            # tried both payload versions)
+            if time.perf_counter() + trials[-1].seconds * (0.5 if len(trials) == 1 else 1.0) > end:
                 break
         E = bound(u)
         t = run(E)
