@@ -190,12 +190,13 @@ def _near_lossless_rival(vol: Volume, cfg: Any, sized: Callable[[Encoded], int],
     if expected is None:
         return None, False
     if bpv is not None:
-        hopeless = lambda t: t.psnr < expected - RIVAL_HOPELESS_DB      # noqa: E731
+        # no bound reaches more than a trial that missed the rate, less its typical slope down to the target
+        hopeless = lambda t: t.psnr - DB_PER_OCTAVE * math.log2(max(t.bpv / bpv, 1.0)) < expected - RIVAL_HOPELESS_DB  # noqa: E731
         ahead = lambda t: t.psnr >= expected + RIVAL_SKIP_DB            # noqa: E731
         # where a trial missed the rate: its PSNR moved to the target along a typical slope
         promising = lambda t: t.psnr - DB_PER_OCTAVE * math.log2(max(t.bpv / bpv, 1.0)) >= expected + RIVAL_SKIP_DB  # noqa: E731
     else:
-        hopeless = lambda t: t.bpv > expected * RIVAL_HOPELESS_RATE     # noqa: E731
+        hopeless = lambda t: t.bpv * 2.0 ** (max(psnr - t.psnr, 0.0) / DB_PER_OCTAVE) > expected * RIVAL_HOPELESS_RATE  # noqa: E731
         ahead = lambda t: t.bpv <= expected * RIVAL_SKIP_RATE           # noqa: E731
         promising = lambda t: t.bpv * 2.0 ** (max(psnr - t.psnr, 0.0) / DB_PER_OCTAVE) <= expected * RIVAL_SKIP_RATE  # noqa: E731
     budget = getattr(cfg, "time_budget", None)
@@ -209,7 +210,8 @@ def _near_lossless_rival(vol: Volume, cfg: Any, sized: Callable[[Encoded], int],
                                lossless_bpv=8.0 * lossless_bytes / n if lossless_bytes else None)
     if best is None:
         return None, False
-    if vol.data.dtype.kind in "iu" and (deadline is None or time.perf_counter() + best.seconds < deadline(best)):
+    if vol.data.dtype.kind in "iu" and not hopeless(best) and (deadline is None or time.perf_counter()
+                                                              + best.seconds < deadline(best)):
         # the smaller of the coder's two binnings at a bound is not the better one at a rate: in-loop bins
         # let a zero background drift by up to E, a fixed grid keeps it exact (mni_t1 at E = 2: 8 % more
         # bytes, +3.2 dB); so the grid alone too, at the bound that meets the target, where it can still
