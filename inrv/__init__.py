@@ -112,46 +112,56 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, config: Any = None,
     applies). Where it beats what the rate model expects of the neural fit by a wide margin, the
     neural fit is not run at all (docs/cli.md, "The best coder for a target")."""
     from .formats.atomic import check_writable
-    from .formats.inrvfile import inrv_info, to_bytes, write_inrv
+    from .formats.inrvfile import inrv_info, write_inrv
 
     check_writable(dst, force)  # fail before training, not after
     t0 = time.perf_counter()
     vol = load(src, keep_private=keep_private, series=series)
-    cfg = make_config(config, **overrides)
-    # the lossless file first (seconds, no training): a time budget then counts it, and a --bpv target
-    # at or above its rate is met by it without training at all
-    t1 = time.perf_counter()
-    lossless = _lossless_alternative(vol, cfg)
-    lossless_bytes = len(to_bytes(lossless, vol)) if lossless is not None else None
-    target = getattr(cfg, "target_bpv", None)
-    target_psnr = getattr(cfg, "target_psnr", None)
-    # a --bpv search measures the real file (the container's header is ~20 % of a tiny file)
-    sized = _file_bytes_of(vol) if target is not None or target_psnr is not None else None
-    if lossless is not None and target is not None and 8.0 * lossless_bytes / vol.data.size <= float(target):
-        enc = lossless
-    else:
-        rival = skip = None
-        if best_coder and sized is not None and getattr(cfg, "model", None) != "nearlossless":
-            rival, skip = _near_lossless_rival(vol, cfg, sized, lossless_bytes, t1)
-        if skip:
-            enc = rival
-        else:
-            if getattr(cfg, "time_budget", None):
-                spent = time.perf_counter() - t1
-                cfg = replace(cfg, time_budget=max(0.25 * cfg.time_budget, cfg.time_budget - spent))
-            enc = _fitted(vol, cfg, device=device, progress=progress, file_bytes=sized)
-            if rival is not None and (rival.stats["psnr"] >= enc.stats["psnr"] if target is not None
-                                      else sized(rival) <= sized(enc)):
-                enc = rival
-        if lossless is not None and lossless_bytes < len(to_bytes(enc, vol)):
-            enc = lossless          # no option makes a file larger than lossless
+    enc = _encode_for_file(vol, make_config(config, **overrides), device=device, progress=progress,
+                           best_coder=best_coder)
     seconds = time.perf_counter() - t0
     enc.stats["encode_seconds"] = seconds
     write_inrv(dst, enc, vol, force=force)
     return Summary.from_info(inrv_info(dst), seconds=seconds)
 
 
-def _fitted(vol: Volume, cfg: Any, **kw: Any) -> Encoded:
+def _encode_for_file(vol: Volume, cfg: Any, *, device: str | None = None, progress: Progress | None = None,
+                     best_coder: bool = True, with_ssim: bool = True) -> Encoded:
+    """The encoding of ``vol`` that :func:`compress` writes (and ``inrv.numcodecs`` stores per chunk): the
+    fit ``cfg`` asks for, or the lossless or near-lossless file that the two rules of :func:`compress`
+    choose instead; its stats hold the quality of the restored voxels."""
+    from .formats.inrvfile import to_bytes
+
+    # the lossless file first (seconds, no training): a time budget then counts it, and a --bpv target
+    # at or above its rate is met by it without training at all
+    t1 = time.perf_counter()
+    lossless = _lossless_alternative(vol, cfg, with_ssim=with_ssim)
+    lossless_bytes = len(to_bytes(lossless, vol)) if lossless is not None else None
+    target = getattr(cfg, "target_bpv", None)
+    target_psnr = getattr(cfg, "target_psnr", None)
+    # a --bpv search measures the real file (the container's header is ~20 % of a tiny file)
+    sized = _file_bytes_of(vol) if target is not None or target_psnr is not None else None
+    if lossless is not None and target is not None and 8.0 * lossless_bytes / vol.data.size <= float(target):
+        return lossless
+    rival = skip = None
+    if best_coder and sized is not None and getattr(cfg, "model", None) != "nearlossless":
+        rival, skip = _near_lossless_rival(vol, cfg, sized, lossless_bytes, t1, with_ssim=with_ssim)
+    if skip:
+        enc = rival
+    else:
+        if getattr(cfg, "time_budget", None):
+            spent = time.perf_counter() - t1
+            cfg = replace(cfg, time_budget=max(0.25 * cfg.time_budget, cfg.time_budget - spent))
+        enc = _fitted(vol, cfg, device=device, progress=progress, file_bytes=sized, with_ssim=with_ssim)
+        if rival is not None and (rival.stats["psnr"] >= enc.stats["psnr"] if target is not None
+                                  else sized(rival) <= sized(enc)):
+            enc = rival
+    if lossless is not None and lossless_bytes < len(to_bytes(enc, vol)):
+        enc = lossless          # no option makes a file larger than lossless
+    return enc
+
+
+def _fitted(vol: Volume, cfg: Any, *, with_ssim: bool = True, **kw: Any) -> Encoded:
     """:func:`encode`, with the quality of the restored voxels in its stats."""
     from .codec.metrics import quality
     from .formats.io import restore_dtype
@@ -162,7 +172,7 @@ def _fitted(vol: Volume, cfg: Any, **kw: Any) -> Encoded:
     enc.reconstruction = None
     restored = restore_dtype(recon, vol.intensity)
     del recon
-    enc.stats.update(quality(vol.data, restored))
+    enc.stats.update(quality(vol.data, restored, with_ssim=with_ssim))
     return enc
 
 
@@ -177,7 +187,7 @@ DB_PER_OCTAVE = 6.0             # the near-lossless coder's PSNR per doubling of
 
 
 def _near_lossless_rival(vol: Volume, cfg: Any, sized: Callable[[Encoded], int], lossless_bytes: int | None,
-                         t1: float) -> tuple[Encoded | None, bool]:
+                         t1: float, *, with_ssim: bool = True) -> tuple[Encoded | None, bool]:
     """The near-lossless file that meets ``cfg``'s target (None where none does or it cannot compete),
     and whether it is so far ahead of the rate model's expectation of a neural fit that the fit is not
     worth running."""
@@ -228,11 +238,11 @@ def _near_lossless_rival(vol: Volume, cfg: Any, sized: Callable[[Encoded], int],
     from .codec.metrics import quality
     from .formats.io import restore_dtype
 
-    rival.stats.update(quality(vol.data, restore_dtype(decode(rival), vol.intensity)))
+    rival.stats.update(quality(vol.data, restore_dtype(decode(rival), vol.intensity), with_ssim=with_ssim))
     return rival, ahead(best)
 
 
-def _lossless_alternative(vol: Volume, cfg: Any) -> Encoded | None:
+def _lossless_alternative(vol: Volume, cfg: Any, *, with_ssim: bool = True) -> Encoded | None:
     """The lossless encoding of integer voxels, stored instead of the encoding ``cfg`` asks for where
     that would be larger (its config then says ``fallback: <family of cfg>``); None for float voxels
     and where ``cfg`` is lossless itself."""
@@ -244,7 +254,7 @@ def _lossless_alternative(vol: Volume, cfg: Any) -> Encoded | None:
     alt = encode(vol, "lossless")
     alt.config["fallback"] = family
     alt.reconstruction = None
-    alt.stats.update(quality(vol.data, vol.data))
+    alt.stats.update(quality(vol.data, vol.data, with_ssim=with_ssim))
     return alt
 
 

@@ -25,6 +25,10 @@ kB), so small chunks cost rate; the benchmark ``benchmarks/chunking.py`` measure
 whole-volume encode. Prefer chunks of 64^3 voxels or more (128^3 or the whole volume when reads are
 whole-volume anyway); encoding trains a network per chunk, so the encode time grows with the chunk count too.
 
+A chunk is coded as ``inrv encode`` would code it (:func:`inrv.compress`'s two rules): never larger than the
+lossless file of its integer voxels (label maps, masks and empty chunks cost what a lossless coder costs),
+and with ``bpv``/``psnr`` the better of the neural and the near-lossless file at the target.
+
 Only the options in :meth:`Inrv.get_config` are stored in the array metadata; ``device`` is a property of
 the machine, not of the data, and is never stored.
 """
@@ -121,11 +125,9 @@ class Inrv(Codec):
 
     def encode(self, buf: Any) -> bytes:
         """A 3D array (any supported dtype) -> the bytes of an ``.inrv`` file."""
-        from . import encode
-        from .codec.metrics import quality
+        from . import _encode_for_file
         from .errors import InputError
         from .formats.inrvfile import to_bytes
-        from .formats.io import restore_dtype
         from .formats.volume import SUPPORTED_DTYPES, Volume
 
         arr = np.asarray(buf)
@@ -136,10 +138,9 @@ class Inrv(Codec):
             raise InputError(f"unsupported dtype {arr.dtype} (supported: {', '.join(SUPPORTED_DTYPES)})")
         arr = np.ascontiguousarray(arr)
         volume = Volume(arr)
-        enc = encode(volume, self.config(), device=self.device)
-        if enc.reconstruction is not None:  # the fit measured itself: keep the figures in the header
-            enc.stats.update(quality(arr, restore_dtype(enc.reconstruction, volume.intensity), with_ssim=False))
-            enc.reconstruction = None
+        # what `inrv encode` would write for this chunk: never larger than lossless, and a bpv/psnr target
+        # met by the better of the neural and near-lossless files (PSNR and max error in the header)
+        enc = _encode_for_file(volume, self.config(), device=self.device, with_ssim=False)
         return to_bytes(enc, volume)
 
     def decode(self, buf: Any, out: Any = None) -> np.ndarray:

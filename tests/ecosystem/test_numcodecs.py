@@ -106,3 +106,15 @@ def test_max_error_is_a_guaranteed_bound():
     assert np.array_equal(Inrv(max_error=0).decode(Inrv(max_error=0).encode(a)), a)
     with pytest.raises(UsageError):
         Inrv(max_error=1, bpv=0.5)
+
+
+def test_chunks_follow_compress_rules_never_larger_than_lossless():
+    """A label-map chunk costs what the lossless coder costs, as `inrv encode` would store it."""
+    import inrv
+
+    labels = np.zeros((16, 14, 12), dtype=np.uint8)
+    labels[3:9, 2:10, 4:8] = 3
+    buf = Inrv(**FAST).encode(labels)
+    f = inrv.read(buf)
+    assert f.encoded.model == "nearlossless" and f.encoded.config["fallback"] == "latent"
+    assert np.array_equal(Inrv(**FAST).decode(buf), labels)
