@@ -59,7 +59,6 @@ def _stored_instead(summary: Any) -> str:
     return f"; stored {what} instead of {asked}"
 
 
-
 def decode_summary_line(src: Any, dst: Any, shape: Any, dtype: Any, seconds: float) -> str:
     """``scan.inrv -> out.nii.gz: 64x64x64 uint8, 1.2 s``."""
     dims = "x".join(str(int(s)) for s in shape) if shape is not None else "?"

@@ -192,27 +192,40 @@ def _near_lossless_rival(vol: Volume, cfg: Any, sized: Callable[[Encoded], int],
     and whether it is so far ahead of the rate model's expectation of a neural fit that the fit is not
     worth running."""
     from .codec.latent.ratemodel import predict
+    from .codec.metrics import quality
     from .codec.nearlossless.target import encode_to_target
+    from .formats.io import restore_dtype
 
     n = vol.data.size
     bpv, psnr = getattr(cfg, "target_bpv", None), getattr(cfg, "target_psnr", None)
     expected = predict(vol.data, bpv=bpv, psnr=psnr)
     if expected is None:
         return None, False
+
+    # a trial's measure moved to the target along the coder's typical slope (a trial that meets the
+    # target keeps its own): no bound does better than that of a trial that missed the target
     if bpv is not None:
-        # no bound reaches more than a trial that missed the rate, less its typical slope down to the target
-        hopeless = lambda t: t.psnr - DB_PER_OCTAVE * math.log2(max(t.bpv / bpv, 1.0)) < expected - RIVAL_HOPELESS_DB  # noqa: E731
-        ahead = lambda t: t.psnr >= expected + RIVAL_SKIP_DB            # noqa: E731
-        # where a trial missed the rate: its PSNR moved to the target along a typical slope
-        promising = lambda t: t.psnr - DB_PER_OCTAVE * math.log2(max(t.bpv / bpv, 1.0)) >= expected + RIVAL_SKIP_DB  # noqa: E731
+        def at_target(t):          # PSNR
+            return t.psnr - DB_PER_OCTAVE * math.log2(max(t.bpv / bpv, 1.0))
+
+        def hopeless(t):
+            return at_target(t) < expected - RIVAL_HOPELESS_DB
+
+        def ahead(t):
+            return at_target(t) >= expected + RIVAL_SKIP_DB
     else:
-        hopeless = lambda t: t.bpv * 2.0 ** (max(psnr - t.psnr, 0.0) / DB_PER_OCTAVE) > expected * RIVAL_HOPELESS_RATE  # noqa: E731
-        ahead = lambda t: t.bpv <= expected * RIVAL_SKIP_RATE           # noqa: E731
-        promising = lambda t: t.bpv * 2.0 ** (max(psnr - t.psnr, 0.0) / DB_PER_OCTAVE) <= expected * RIVAL_SKIP_RATE  # noqa: E731
+        def at_target(t):          # bits per voxel
+            return t.bpv * 2.0 ** (max(psnr - t.psnr, 0.0) / DB_PER_OCTAVE)
+
+        def hopeless(t):
+            return at_target(t) > expected * RIVAL_HOPELESS_RATE
+
+        def ahead(t):
+            return at_target(t) <= expected * RIVAL_SKIP_RATE
     budget = getattr(cfg, "time_budget", None)
     # a share of a time budget; most of it where the latest trial shows that the file found will be so
     # far ahead that the fit will not run (a whole brain under a one-minute budget)
-    deadline = (lambda t: t1 + (0.9 if promising(t) else RIVAL_BUDGET_SHARE) * budget) if budget else None
+    deadline = (lambda t: t1 + (0.9 if ahead(t) else RIVAL_BUDGET_SHARE) * budget) if budget else None
     # the header of the file written holds the final metrics, which compress to a few bytes more or less
     # than ``sized`` counts: a margin keeps a --bpv target a bound
     size = lambda e: sized(e) + HEADER_SLACK      # noqa: E731
@@ -235,9 +248,6 @@ def _near_lossless_rival(vol: Volume, cfg: Any, sized: Callable[[Encoded], int],
             best = grid
     rival = best.enc
     rival.config["fallback"] = getattr(cfg, "model", None)
-    from .codec.metrics import quality
-    from .formats.io import restore_dtype
-
     rival.stats.update(quality(vol.data, restore_dtype(decode(rival), vol.intensity), with_ssim=with_ssim))
     return rival, ahead(best)
 

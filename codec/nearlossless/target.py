@@ -37,12 +37,6 @@ class Trial:
     enc: Encoded = field(repr=False)
 
 
-def _psnr(x: np.ndarray, rec: np.ndarray, rng: float) -> float:
-    from ..metrics import psnr
-
-    return psnr(x, rec, rng) if rng > 0 else math.inf
-
-
 def encode_to_target(x: np.ndarray, *, bpv: float | None = None, psnr: float | None = None,
                      file_bytes: Callable[[Encoded], int] | None = None, lossless_bpv: float | None = None,
                      deadline: float | Callable[[Trial], float] | None = None, hopeless: Callable[[Trial], bool] | None = None,
@@ -57,6 +51,7 @@ def encode_to_target(x: np.ndarray, *, bpv: float | None = None, psnr: float | N
     the trial that missed the target nearest to it (no bound meets the target better than that trial's
     PSNR, for ``bpv``, or its rate, for ``psnr``); where it says True the search stops there.
     ``binning``: the coder's (``NearLosslessConfig.binning``); ``first_bound``: the bound to try first."""
+    from ..metrics import psnr as psnr_of
     from .model import NearLosslessModel
 
     if (bpv is None) == (psnr is None):
@@ -110,7 +105,7 @@ def encode_to_target(x: np.ndarray, *, bpv: float | None = None, psnr: float | N
         t0 = time.perf_counter()
         enc = model.fit(x, NearLosslessConfig(max_error=E, predictor=predictor, binning=binning))
         rec = enc.reconstruction
-        t = Trial(E, 8.0 * size(enc) / x.size, _psnr(x, rec, rng), time.perf_counter() - t0, enc)
+        t = Trial(E, 8.0 * size(enc) / x.size, psnr_of(x, rec, rng), time.perf_counter() - t0, enc)
         enc.reconstruction = None
         # the payload version the first encode chose serves the others (half the encode time where
         # "auto" tries both)
@@ -118,6 +113,10 @@ def encode_to_target(x: np.ndarray, *, bpv: float | None = None, psnr: float | N
         trials.append(t)
         seen[E] = t
         return t
+
+    def better(a: Trial, b: Trial) -> bool:
+        """``a`` is nearer the target than ``b`` (on the same side of it)."""
+        return a.max_error < b.max_error if bpv is not None else a.max_error > b.max_error
 
     ok: Trial | None = None     # the feasible trial nearest the target
     bad: Trial | None = None    # the infeasible one nearest it
@@ -132,7 +131,6 @@ def encode_to_target(x: np.ndarray, *, bpv: float | None = None, psnr: float | N
         E = bound(u)
         t = run(E)
         s = slack(t)
-        better = (lambda a, b: a.max_error < b.max_error) if bpv is not None else (lambda a, b: a.max_error > b.max_error)
         if s >= 0:
             ok = t if ok is None or better(t, ok) else ok
         else:
